@@ -1,0 +1,275 @@
+"""The decision rule and the block hooks, on a stand-in with upstream's block layout (no checkout needed)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import teacache_sample_video as tc
+from fake_hunyuan import FakeHunyuanTransformer, make_inputs, modulated_input, sample, timesteps
+
+STEPS = 20
+
+
+class ReferenceTeaCache:
+    """A straightforward re-implementation of the published script's rule (its class-level counter included):
+    ``num_steps`` is set to ``infer_steps - 1`` and the counter wraps there."""
+
+    def __init__(self, transformer, infer_steps, thresh, coefficients=tc.PUBLISHED_COEFFICIENTS):
+        self.m, self.thresh = transformer, thresh
+        self.num_steps, self.cnt, self.acc = infer_steps - 1, 0, 0.0
+        self.prev_mod = self.prev_res = None
+        self.rescale = np.poly1d(coefficients)
+        self.decisions = []
+
+    def __call__(self, x, t, text_states):
+        m = self.m
+        mod = modulated_input(m, x, t)
+        if self.cnt == 0 or self.cnt == self.num_steps - 1:
+            calc, self.acc = True, 0.0
+        else:
+            self.acc += self.rescale(((mod - self.prev_mod).abs().mean() / self.prev_mod.abs().mean()).item())
+            calc = not self.acc < self.thresh
+            if calc:
+                self.acc = 0.0
+        self.prev_mod = mod
+        self.cnt = 0 if self.cnt == self.num_steps - 1 else self.cnt + 1
+        self.decisions.append(calc)
+        if not calc:
+            return {"x": x + self.prev_res}
+        out = m(x, t, text_states=text_states)["x"]  # the uncached forward, blocks and all
+        self.prev_res = out - x
+        return {"x": out}
+
+
+def run(thresh, steps=STEPS, seed=0, **kw):
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs(seed=seed)
+    cache = tc.enable_teacache(model, thresh, num_steps=steps, **kw)
+    outs = []
+    final = sample(model, x, txt, steps, outs)
+    return model, cache, final, outs
+
+
+# -- the rule ------------------------------------------------------------------
+
+def test_rescale_is_the_published_polynomial():
+    cfg = tc.TeaCacheConfig()
+    for x in (0.0, 0.01, 0.05, 0.2):
+        expected = sum(c * x ** (4 - i) for i, c in enumerate(tc.PUBLISHED_COEFFICIENTS))
+        assert cfg.rescale(x) == pytest.approx(expected, rel=1e-12)
+    # its minimum over the indicator's range is about 0.052, the basis of "at most two skips in a row at 0.15"
+    xs = np.linspace(0, 0.5, 200001)
+    assert np.polyval(tc.PUBLISHED_COEFFICIENTS, xs).min() == pytest.approx(0.0522, abs=5e-4)
+
+
+def test_decision_first_and_last_two_steps_always_computed():
+    for step in (0, 18, 19):
+        assert tc.teacache_decision(step, 20, 0.0, 0.0, 1e9) == (True, 0.0)
+    assert tc.teacache_decision(1, 20, 0.0, 0.06, 0.15) == (False, 0.06)
+    assert tc.teacache_decision(2, 20, 0.06, 0.06, 0.15) == (False, 0.12)
+    assert tc.teacache_decision(3, 20, 0.12, 0.06, 0.15) == (True, 0.0)
+
+
+def test_at_most_two_skips_in_a_row_at_015_with_published_coefficients():
+    rng = np.random.default_rng(0)
+    cfg = tc.TeaCacheConfig(0.15)
+    for _ in range(200):
+        acc, run_len = 0.0, 0
+        for step in range(50):
+            compute, acc = tc.teacache_decision(step, 50, acc, cfg.rescale(rng.uniform(0, 0.3)), 0.15)
+            run_len = 0 if compute else run_len + 1
+            assert run_len <= 2
+
+
+# -- the hooks on a model ----------------------------------------------------
+
+@pytest.mark.parametrize("thresh", [0.05, 0.1, 0.15, 0.3, 1.0])
+def test_decisions_and_outputs_equal_reference_rule(thresh):
+    model, cache, final, outs = run(thresh)
+    ref_model = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    ref = ReferenceTeaCache(ref_model, STEPS, thresh)
+    ref_outs = []
+    ts = timesteps(STEPS)
+    for i, t in enumerate(ts):
+        out = ref(x, t.expand(x.shape[0]), txt)["x"]
+        ref_outs.append(out)
+        dt = (ts[i + 1] if i + 1 < STEPS else torch.tensor(0.0)) - t
+        x = x + (dt / 1000.0) * (out - x)
+    stats = cache.stats()
+    assert [i for i, c in enumerate(ref.decisions) if c] == stats["computed_steps"]
+    assert [i for i, c in enumerate(ref.decisions) if not c] == stats["skipped_steps"]
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    if thresh >= 0.15:
+        assert stats["skipped_steps"], "the test trajectory should exercise skipping"
+
+
+@pytest.mark.parametrize("n_single", [2, 0])  # 0: the residual is taken after the last double block
+def test_skipped_step_adds_exactly_the_cached_residual(n_single):
+    model = FakeHunyuanTransformer(n_single=n_single)
+    x, txt = make_inputs()
+    plain = FakeHunyuanTransformer(n_single=n_single)
+    cache = tc.enable_teacache(model, 0.3, num_steps=STEPS)
+    ts = timesteps(STEPS)
+    residual = None
+    for i, t in enumerate(ts):
+        calls = model.block_calls()
+        out = model(x, t.expand(2), text_states=txt)["x"]
+        computed = model.block_calls() > calls
+        assert computed == (i in cache.stats()["computed_steps"])
+        if computed:
+            # a computed step runs every block: 0.75 * (0.5 * ... + k) chain, nothing cached added
+            assert model.block_calls() - calls == 2 + n_single
+            assert torch.equal(out, plain(x, t.expand(2), text_states=txt)["x"])
+            residual = out - x
+        else:
+            assert torch.equal(out, x + residual)
+            assert not torch.allclose(out, plain(x, t.expand(2), text_states=txt)["x"])
+        x = x + 0.05 * (out - x)
+    assert cache.stats()["skipped_steps"]
+
+
+def test_threshold_zero_is_bit_identical_to_unpatched():
+    _, cache, final, outs = run(0.0)
+    plain = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    plain_outs = []
+    plain_final = sample(plain, x, txt, STEPS, plain_outs)
+    assert torch.equal(final, plain_final)
+    assert all(torch.equal(a, b) for a, b in zip(outs, plain_outs))
+    assert cache.stats()["computed_steps"] == list(range(STEPS))
+    assert cache.stats()["skipped_steps"] == []
+
+
+def test_skipping_really_saves_block_calls():
+    model, cache, _, _ = run(0.3)
+    s = cache.stats()
+    assert model.block_calls() == 4 * len(s["computed_steps"])
+    assert len(s["computed_steps"]) + len(s["skipped_steps"]) == STEPS
+    assert cache.report()["ideal_speedup"] == pytest.approx(STEPS / len(s["computed_steps"]))
+
+
+def test_reset_between_generations_gives_identical_runs():
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    cache = tc.enable_teacache(model, 0.3)
+    results = []
+    for _ in range(2):
+        cache.reset(STEPS)
+        results.append((sample(model, x, txt, STEPS), cache.stats()["computed_steps"]))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+def test_reset_after_an_interrupted_generation_forgets_the_stale_residual():
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    cache = tc.enable_teacache(model, 0.3, num_steps=STEPS)
+    sample(model, x + 3.0, txt, 7)  # interrupted after 7 of 20 steps
+    cache.reset(STEPS)
+    interrupted_then_fresh = sample(model, x, txt, STEPS)
+    _, _, fresh, _ = run(0.3)
+    assert torch.equal(interrupted_then_fresh, fresh)
+
+
+def test_call_past_expected_steps_raises_instead_of_reusing_stale_residual():
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    cache = tc.enable_teacache(model, 0.15, num_steps=3)
+    sample(model, x, txt, 3)
+    with pytest.raises(RuntimeError, match="step 4 of a 3-step generation.*reset"):
+        model(x, torch.full((2,), 10.0), text_states=txt)
+
+
+def test_call_before_reset_raises():
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    tc.enable_teacache(model, 0.15)
+    with pytest.raises(RuntimeError, match="reset\\(num_steps\\)"):
+        model(x, torch.full((2,), 10.0), text_states=txt)
+
+
+def test_disable_restores_the_modules_exactly():
+    model = FakeHunyuanTransformer()
+    blocks = list(model.double_blocks) + list(model.single_blocks)
+    assert all("forward" not in vars(b) for b in blocks)
+    cache = tc.enable_teacache(model, 0.3, num_steps=STEPS)
+    assert all("forward" in vars(b) for b in blocks)
+    cache.disable()
+    assert all("forward" not in vars(b) for b in blocks)
+    assert not model._forward_pre_hooks and not model._forward_hooks and not hasattr(model, "_teacache")
+    x, txt = make_inputs()
+    plain = FakeHunyuanTransformer()
+    assert torch.equal(sample(model, x, txt, STEPS), sample(plain, x, txt, STEPS))
+    tc.enable_teacache(model, 0.3, num_steps=STEPS)  # can be enabled again
+
+
+def test_disable_keeps_an_instance_forward_set_before():
+    model = FakeHunyuanTransformer()
+    block = model.single_blocks[0]
+    own = block.forward
+    block.forward = own  # an instance-level forward, as FP8 or offload wrappers leave behind
+    tc.enable_teacache(model, 0.3, num_steps=STEPS).disable()
+    assert vars(block)["forward"] is own
+
+
+def test_enabling_twice_is_refused():
+    model = FakeHunyuanTransformer()
+    tc.enable_teacache(model)
+    with pytest.raises(ValueError, match="already enabled"):
+        tc.enable_teacache(model)
+
+
+def test_two_instances_never_share_state():
+    a, b, alone = FakeHunyuanTransformer(), FakeHunyuanTransformer(), FakeHunyuanTransformer()
+    ca, cb = tc.enable_teacache(a, 0.3, num_steps=STEPS), tc.enable_teacache(b, 0.0, num_steps=STEPS)
+    c_alone = tc.enable_teacache(alone, 0.3, num_steps=STEPS)
+    x, txt = make_inputs()
+    for t in timesteps(STEPS):  # a and b interleaved, on different inputs
+        out_a = a(x, t.expand(2), text_states=txt)["x"]
+        b(x * 2, t.expand(2), text_states=txt)
+        assert torch.equal(out_a, alone(x, t.expand(2), text_states=txt)["x"])
+    assert cb.stats()["computed_steps"] == list(range(STEPS))
+    assert ca.stats()["skipped_steps"] == c_alone.stats()["skipped_steps"] != []
+
+
+def test_report_contents():
+    _, cache, _, _ = run(0.15)
+    r = cache.report()
+    assert r["rel_l1_thresh"] == 0.15 and r["coefficients"] == list(tc.PUBLISHED_COEFFICIENTS)
+    assert r["num_steps"] == STEPS and r["steps_run"] == STEPS
+    assert sorted(r["computed_steps"] + r["skipped_steps"]) == list(range(STEPS))
+    assert r["rel_l1"][0] is None and all(v > 0 for v in r["rel_l1"][1:])
+    assert r["denoise_time_s"] > 0
+    assert "computed" in cache.summary() and f"/{STEPS} steps" in cache.summary()
+
+
+def test_unknown_model_is_refused_clearly():
+    with pytest.raises(TypeError, match="block layout"):
+        tc.enable_teacache(torch.nn.Linear(2, 2))
+
+
+# -- arguments ---------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", True])
+def test_config_rejects_bad_thresholds(bad):
+    with pytest.raises(ValueError, match="rel_l1_thresh"):
+        tc.TeaCacheConfig(bad)
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "abc", "nan", "inf", ""])
+def test_cli_threshold_rejects_bad_values(bad):
+    parser = tc.add_teacache_args(tc._ArgumentParser(prog="teacache_sample_video.py"))
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--rel-l1-thresh", bad])
+    assert exc.value.code == 2
+
+
+def test_cli_threshold_accepts_values():
+    parser = tc.add_teacache_args(tc._ArgumentParser())
+    assert parser.parse_args([]).rel_l1_thresh == 0.15
+    assert parser.parse_args(["--rel-l1-thresh", "0"]).rel_l1_thresh == 0.0
+    assert parser.parse_args(["--rel-l1-thresh", "0.1"]).rel_l1_thresh == 0.1
