@@ -86,9 +86,10 @@ class TeaCacheConfig:
 
 
 @dataclass
-class _State:
-    num_steps: Optional[int] = None
-    step: int = -1  # index of the step in progress
+class _Branch:
+    """What one guidance branch remembers between steps (upstream batches CFG: one branch;
+    diffusers' true CFG calls the transformer twice per step: two branches, never mixed)."""
+
     skipping: bool = False  # decision for the step in progress
     accumulated: float = 0.0
     previous_modulated: Optional[torch.Tensor] = None
@@ -97,8 +98,31 @@ class _State:
     computed_steps: List[int] = field(default_factory=list)
     skipped_steps: List[int] = field(default_factory=list)
     rel_l1: List[Optional[float]] = field(default_factory=list)  # raw indicator per step
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual) if t is not None)
+
+
+@dataclass
+class _Generation:
+    """Per-transformer state of one generation; ``reset`` replaces it whole."""
+
+    num_steps: Optional[int] = None
+    step: int = -1  # index of the step in progress
+    timestep: Optional[float] = None
+    branches: List[_Branch] = field(default_factory=lambda: [_Branch()])
+    branch: int = 0
     started: Optional[float] = None
     finished: Optional[float] = None
+    peak_cache_bytes: int = 0  # most memory the cache itself held at once
+    activation_bytes: int = 0  # one image activation (the modulated input), for scale
+
+    @property
+    def current(self) -> _Branch:
+        return self.branches[self.branch]
+
+    def account(self) -> None:
+        self.peak_cache_bytes = max(self.peak_cache_bytes, sum(b.held_bytes() for b in self.branches))
 
 
 # --------------------------------------------------------------------------- #
@@ -130,7 +154,7 @@ class TeaCache:
     """A TeaCache attached to one transformer instance; ``enable_teacache`` makes one.
 
     ``reset(num_steps)`` starts a generation, ``disable()`` restores the blocks,
-    ``stats()`` / ``report()`` describe the last generation.
+    ``stats()`` / ``report()`` / ``summary()`` describe the last generation.
     """
 
     def __init__(self, transformer: torch.nn.Module, adapter: "_Adapter", config: TeaCacheConfig,
@@ -139,99 +163,114 @@ class TeaCache:
         self.adapter = adapter
         self.config = config
         self._reduce_sum = reduce_sum
-        self._state = _State()
+        self._gen = _Generation()
         self._restore: list = []
         blocks = adapter.blocks
-        first, last = blocks[0], blocks[-1]
         for block in blocks:
-            role = "first" if block is first else "last" if block is last else "middle"
-            self._wrap(block, role)
-        self._restore.append(transformer.register_forward_pre_hook(self._begin_step).remove)
+            self._wrap(block, "first" if block is blocks[0] else "last" if block is blocks[-1] else "middle")
+        self._restore.append(transformer.register_forward_pre_hook(self._begin_step, with_kwargs=True).remove)
         self._restore.append(transformer.register_forward_hook(self._end_step).remove)
 
     # -- lifecycle ---------------------------------------------------------- #
     def reset(self, num_steps: int) -> "TeaCache":
-        """Forget everything cached and expect a generation of ``num_steps`` transformer calls."""
-        if not isinstance(num_steps, int) or num_steps < 1:
+        """Forget everything cached and expect a generation of ``num_steps`` denoising steps."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        self._state = _State(num_steps=num_steps)
+        self._gen = _Generation(num_steps=num_steps)
         return self
 
     def disable(self) -> None:
         """Remove every hook and wrapper; the transformer is as it was before ``enable_teacache``."""
         while self._restore:
             self._restore.pop()()
-        self._state = _State()
+        self._gen = _Generation()
         if getattr(self.transformer, "_teacache", None) is self:
             del self.transformer._teacache
 
     # -- statistics --------------------------------------------------------- #
     def stats(self) -> dict:
-        s = self._state
-        elapsed = None if s.started is None or s.finished is None else s.finished - s.started
+        """Decisions of the current/last generation; top-level step lists are the first branch's."""
+        g = self._gen
+        branches = [{"computed_steps": list(b.computed_steps), "skipped_steps": list(b.skipped_steps),
+                     "rel_l1": list(b.rel_l1)} for b in g.branches]
+        calls = sum(len(b["computed_steps"]) + len(b["skipped_steps"]) for b in branches)
+        computed = sum(len(b["computed_steps"]) for b in branches)
         return {
-            "num_steps": s.num_steps,
-            "steps_run": s.step + 1,
-            "computed_steps": list(s.computed_steps),
-            "skipped_steps": list(s.skipped_steps),
-            "rel_l1": list(s.rel_l1),
-            "denoise_time_s": elapsed,
+            "num_steps": g.num_steps,
+            "steps_run": g.step + 1,
+            **branches[0],
+            "num_branches": len(branches),
+            **({"branches": branches} if len(branches) > 1 else {}),
+            "transformer_calls": calls,
+            "computed_calls": computed,
+            "ideal_speedup": calls / computed if computed else None,
+            "denoise_time_s": None if g.started is None or g.finished is None else g.finished - g.started,
+            "peak_cache_bytes": g.peak_cache_bytes,
+            "image_activation_bytes": g.activation_bytes,
         }
 
     def report(self) -> dict:
-        stats = self.stats()
-        computed = len(stats["computed_steps"])
+        """``stats()`` plus the configuration: what the JSON report beside each video holds."""
         return {
             "method": "TeaCache (arXiv 2411.19108)",
             "rel_l1_thresh": self.config.rel_l1_thresh,
             "coefficients": list(self.config.coefficients),
-            **stats,
-            "ideal_speedup": (stats["steps_run"] / computed) if computed else None,
+            **self.stats(),
             "sequence_parallel_reduced": self._reduce_sum is not None,
         }
 
     def summary(self) -> str:
         s = self.stats()
         t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
+        calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
+            if s["num_branches"] > 1 else ""
         return (f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh}): computed {len(s['computed_steps'])}/"
-                f"{s['num_steps']} steps, skipped {len(s['skipped_steps'])}, denoise {t}")
+                f"{s['num_steps']} steps, skipped {len(s['skipped_steps'])}{calls}, denoise {t}")
 
     # -- per step ----------------------------------------------------------- #
-    def _begin_step(self, module, args):
-        s = self._state
-        if s.num_steps is None:
+    def _begin_step(self, module, args, kwargs):
+        g = self._gen
+        if g.num_steps is None:
             raise RuntimeError("TeaCache: call reset(num_steps) on the handle returned by enable_teacache "
                                "before each generation")
-        if s.step + 1 >= s.num_steps:
-            raise RuntimeError(f"TeaCache: transformer called for step {s.step + 2} of a {s.num_steps}-step "
-                               "generation; call reset(num_steps) before each generation (a stale residual "
-                               "would be reused otherwise)")
-        s.step += 1
-        s.skipping = False
-        if s.step == 0:
-            s.started = time.perf_counter()
+        timestep = self.adapter.timestep(args, kwargs)
+        if g.step >= 0 and timestep is not None and timestep == g.timestep:
+            g.branch += 1  # another guidance branch of the same step (diffusers' true CFG)
+            if g.branch == len(g.branches):
+                g.branches.append(_Branch())
+        else:
+            if g.step + 1 >= g.num_steps:
+                raise RuntimeError(f"TeaCache: transformer called for step {g.step + 2} of a {g.num_steps}-step "
+                                   "generation; call reset(num_steps) before each generation (a stale residual "
+                                   "would be reused otherwise)")
+            g.step, g.branch, g.timestep = g.step + 1, 0, timestep
+            if g.step == 0:
+                g.started = time.perf_counter()
+        g.current.skipping = False
 
     def _end_step(self, module, args, output):
-        s = self._state
-        if s.step == s.num_steps - 1:
+        g = self._gen
+        if g.step == g.num_steps - 1 and g.branch == len(g.branches) - 1:
             out = output["x"] if isinstance(output, dict) else output[0] if isinstance(output, tuple) else output
             if torch.is_tensor(out) and out.is_cuda:
                 torch.cuda.synchronize(out.device)
-            s.finished = time.perf_counter()
+            g.finished = time.perf_counter()
 
     def _decide(self, modulated: torch.Tensor) -> bool:
         """Update the indicator with this step's modulated input; True means skip the blocks."""
-        s, cfg = self._state, self.config
-        rel_l1 = None if s.previous_modulated is None else self._relative_l1(modulated, s.previous_modulated)
-        s.rel_l1.append(rel_l1)
+        g, cfg = self._gen, self.config
+        b = g.current
+        rel_l1 = None if b.previous_modulated is None else self._relative_l1(modulated, b.previous_modulated)
+        b.rel_l1.append(rel_l1)
         rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
-        compute, s.accumulated = teacache_decision(s.step, s.num_steps, s.accumulated, rescaled, cfg.rel_l1_thresh)
-        if s.residual is None:
-            compute = True
-        s.previous_modulated = modulated
-        (s.computed_steps if compute else s.skipped_steps).append(s.step)
+        compute, b.accumulated = teacache_decision(g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh)
+        compute = compute or b.residual is None
+        b.previous_modulated = modulated
+        g.activation_bytes = modulated.numel() * modulated.element_size()
+        (b.computed_steps if compute else b.skipped_steps).append(g.step)
         if compute:
-            s.residual = None  # freed before the blocks run: the cache never holds two residuals
+            b.residual = None  # freed before the blocks run: never two residuals of a branch at once
+        g.account()
         return not compute
 
     def _relative_l1(self, now: torch.Tensor, prev: torch.Tensor) -> float:
@@ -251,23 +290,24 @@ class TeaCache:
         adapter = self.adapter
 
         def forward(*args, **kwargs):
-            s = self._state
+            g = self._gen
+            b = g.current
             if role == "first":
                 if not self.config.enabled:
-                    s.computed_steps.append(s.step)
-                    s.rel_l1.append(None)
+                    b.computed_steps.append(g.step)
+                    b.rel_l1.append(None)
                 elif self._decide(adapter.modulated_input(block, args, kwargs)):
-                    s.skipping = True
-                    return adapter.passthrough(block, args, kwargs, image_delta=s.residual)
+                    b.skipping = True
+                    return adapter.passthrough(block, args, kwargs, image_delta=b.residual)
                 else:
-                    s.block_input = adapter.image_in(args, kwargs)
-            elif s.skipping:
+                    b.block_input = adapter.image_in(args, kwargs)
+            elif b.skipping:
                 return adapter.passthrough(block, args, kwargs)
             out = original(*args, **kwargs)
-            if role == "last" and s.block_input is not None:
-                image_out = adapter.image_out(out, num_image_tokens=s.block_input.shape[1])
-                s.residual = image_out - s.block_input
-                s.block_input = None
+            if role == "last" and b.block_input is not None:
+                b.residual = adapter.image_out(out, num_image_tokens=b.block_input.shape[1]) - b.block_input
+                b.block_input = None
+                g.account()
             return out
 
         block.forward = forward
@@ -290,6 +330,10 @@ class _Adapter:
     """Knows one transformer implementation's block layout; the rule lives in TeaCache."""
 
     blocks: List[torch.nn.Module]
+
+    def timestep(self, args, kwargs) -> Optional[float]:
+        """The transformer call's timestep (a repeat within a step marks another guidance branch)."""
+        raise NotImplementedError
 
     def modulated_input(self, block, args, kwargs) -> torch.Tensor:
         raise NotImplementedError
@@ -321,6 +365,9 @@ class _HunyuanVideoAdapter(_Adapter):
     def matches(transformer) -> bool:
         return hasattr(transformer, "double_blocks") and hasattr(transformer, "single_blocks")
 
+    def timestep(self, args, kwargs):
+        return float(_arg(args, kwargs, 1, "t").flatten()[0])
+
     def modulated_input(self, block, args, kwargs):
         img, vec = _arg(args, kwargs, 0, "img"), _arg(args, kwargs, 2, "vec")
         shift, scale = block.img_mod(vec).chunk(6, dim=-1)[:2]
@@ -341,7 +388,41 @@ class _HunyuanVideoAdapter(_Adapter):
         return (img if image_delta is None else img + image_delta), txt
 
 
-_ADAPTERS = [_HunyuanVideoAdapter]
+class _DiffusersHunyuanVideoAdapter(_Adapter):
+    """diffusers' ``HunyuanVideoTransformer3DModel``: ``transformer_blocks`` and ``single_transformer_blocks``
+    take ``(hidden_states, encoder_hidden_states, temb, attention_mask, rotary, token_replace_emb,
+    first_frame_num_tokens)`` and return both streams, image first."""
+
+    def __init__(self, transformer):
+        self.blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+
+    @staticmethod
+    def matches(transformer) -> bool:
+        blocks = getattr(transformer, "transformer_blocks", None)
+        return bool(blocks) and hasattr(transformer, "single_transformer_blocks") and hasattr(blocks[0], "norm1")
+
+    def timestep(self, args, kwargs):
+        return float(_arg(args, kwargs, 1, "timestep").flatten()[0])
+
+    def modulated_input(self, block, args, kwargs):
+        hidden, temb = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 2, "temb")
+        if "TokenReplace" in type(block.norm1).__name__:  # image-to-video: first frame modulated apart
+            return block.norm1(hidden, temb, _arg(args, kwargs, 5, "token_replace_emb"),
+                               _arg(args, kwargs, 6, "first_frame_num_tokens"))[0]
+        return block.norm1(hidden, emb=temb)[0]
+
+    def image_in(self, args, kwargs):
+        return _arg(args, kwargs, 0, "hidden_states")
+
+    def image_out(self, output, num_image_tokens):
+        return output[0]
+
+    def passthrough(self, block, args, kwargs, image_delta=None):
+        hidden, context = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 1, "encoder_hidden_states")
+        return (hidden if image_delta is None else hidden + image_delta), context
+
+
+_ADAPTERS = [_HunyuanVideoAdapter, _DiffusersHunyuanVideoAdapter]
 
 
 def _sequence_parallel_reduce_sum():
@@ -360,7 +441,8 @@ def _sequence_parallel_reduce_sum():
 def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *,
                     coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, num_steps: Optional[int] = None,
                     process_group: Any = "auto") -> TeaCache:
-    """Attach TeaCache to ``transformer`` (upstream ``HYVideoDiffusionTransformer``).
+    """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` or diffusers'
+    ``HunyuanVideoTransformer3DModel`` (the adapter is picked from the block layout).
 
     ``process_group``: ``"auto"`` (xfuser's sequence-parallel group when one is active),
     ``None`` (no reduction), a ``torch.distributed`` process group, or any object with an

@@ -64,14 +64,6 @@ class FakeHunyuanTransformer(nn.Module):
         return sum(b.calls for b in list(self.double_blocks) + list(self.single_blocks))
 
 
-def modulated_input(transformer: FakeHunyuanTransformer, img, t):
-    """What upstream's first double block feeds its attention: ``img_mod``-modulated ``img_norm1(img)``."""
-    block = transformer.double_blocks[0]
-    vec = transformer.time_in(t[:, None] / 1000.0)
-    shift, scale = block.img_mod(vec).chunk(6, dim=-1)[:2]
-    return block.img_norm1(img) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
 def make_inputs(batch=2, img_tokens=24, txt_tokens=5, hidden=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, img_tokens, hidden, generator=g), torch.randn(batch, txt_tokens, hidden, generator=g)

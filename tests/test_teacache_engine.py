@@ -1,47 +1,14 @@
 """The decision rule and the block hooks, on a stand-in with upstream's block layout (no checkout needed)."""
 
-import itertools
-import math
-
 import numpy as np
 import pytest
 import torch
 
 import teacache_sample_video as tc
-from fake_hunyuan import FakeHunyuanTransformer, make_inputs, modulated_input, sample, timesteps
+from fake_hunyuan import FakeHunyuanTransformer, make_inputs, sample, timesteps
+from reference_rule import HYVIDEO, ReferenceTeaCache
 
 STEPS = 20
-
-
-class ReferenceTeaCache:
-    """A straightforward re-implementation of the published script's rule (its class-level counter included):
-    ``num_steps`` is set to ``infer_steps - 1`` and the counter wraps there."""
-
-    def __init__(self, transformer, infer_steps, thresh, coefficients=tc.PUBLISHED_COEFFICIENTS):
-        self.m, self.thresh = transformer, thresh
-        self.num_steps, self.cnt, self.acc = infer_steps - 1, 0, 0.0
-        self.prev_mod = self.prev_res = None
-        self.rescale = np.poly1d(coefficients)
-        self.decisions = []
-
-    def __call__(self, x, t, text_states):
-        m = self.m
-        mod = modulated_input(m, x, t)
-        if self.cnt == 0 or self.cnt == self.num_steps - 1:
-            calc, self.acc = True, 0.0
-        else:
-            self.acc += self.rescale(((mod - self.prev_mod).abs().mean() / self.prev_mod.abs().mean()).item())
-            calc = not self.acc < self.thresh
-            if calc:
-                self.acc = 0.0
-        self.prev_mod = mod
-        self.cnt = 0 if self.cnt == self.num_steps - 1 else self.cnt + 1
-        self.decisions.append(calc)
-        if not calc:
-            return {"x": x + self.prev_res}
-        out = m(x, t, text_states=text_states)["x"]  # the uncached forward, blocks and all
-        self.prev_res = out - x
-        return {"x": out}
 
 
 def run(thresh, steps=STEPS, seed=0, **kw):
@@ -91,14 +58,9 @@ def test_decisions_and_outputs_equal_reference_rule(thresh):
     model, cache, final, outs = run(thresh)
     ref_model = FakeHunyuanTransformer()
     x, txt = make_inputs()
-    ref = ReferenceTeaCache(ref_model, STEPS, thresh)
+    ref = ReferenceTeaCache(ref_model, STEPS, thresh, **{**HYVIDEO, "final": "final"})
     ref_outs = []
-    ts = timesteps(STEPS)
-    for i, t in enumerate(ts):
-        out = ref(x, t.expand(x.shape[0]), txt)["x"]
-        ref_outs.append(out)
-        dt = (ts[i + 1] if i + 1 < STEPS else torch.tensor(0.0)) - t
-        x = x + (dt / 1000.0) * (out - x)
+    sample(ref, x, txt, STEPS, ref_outs)
     stats = cache.stats()
     assert [i for i, c in enumerate(ref.decisions) if c] == stats["computed_steps"]
     assert [i for i, c in enumerate(ref.decisions) if not c] == stats["skipped_steps"]

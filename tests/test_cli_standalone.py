@@ -1,0 +1,19 @@
+"""The drop-in's behaviour outside a HunyuanVideo checkout (no checkout needed)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "teacache_sample_video.py"
+
+
+def test_outside_a_checkout_says_where_to_copy_the_file_and_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--rel-l1-thresh", "0.1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "sample_video.py" in lines[0] and "HunyuanVideo" in lines[0]
+    assert proc.stdout == ""

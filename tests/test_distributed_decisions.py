@@ -1,0 +1,88 @@
+"""Two processes (torch.distributed, gloo), each holding half of the image tokens, as under sequence parallelism.
+
+With the statistic reduced over the group, both ranks take identical decisions, equal to those of one
+process holding the whole tensor; without the reduction their indicators differ (the hang/corruption the
+reduction prevents).
+"""
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import teacache_sample_video as tc
+from fake_hunyuan import FakeHunyuanTransformer, make_inputs, sample
+
+STEPS, THRESH, WORLD = 20, 0.3, 2
+
+
+class GroupCoordinatorLike:
+    """The interface of xfuser's ``get_sp_group()``: ``all_reduce(tensor) -> tensor``."""
+
+    def all_reduce(self, t):
+        dist.all_reduce(t)
+        return t
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, port, mode, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        group = {"reduced": dist.group.WORLD, "coordinator": GroupCoordinatorLike(), "unreduced": None}[mode]
+        model = FakeHunyuanTransformer()
+        x, txt = make_inputs(img_tokens=24)
+        shard = x.chunk(WORLD, dim=1)[rank]
+        cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=group)
+        out = sample(model, shard, txt, STEPS)
+        torch.save(out, f"{out_dir}/{mode}_{rank}.pt")
+        with open(f"{out_dir}/{mode}_{rank}.json", "w") as f:
+            json.dump(cache.report(), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(mode, tmp_path):
+    mp.start_processes(_worker, args=(_free_port(), mode, str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    reports = [json.loads((tmp_path / f"{mode}_{r}.json").read_text()) for r in range(WORLD)]
+    outs = [torch.load(tmp_path / f"{mode}_{r}.pt") for r in range(WORLD)]
+    return reports, torch.cat(outs, dim=1)
+
+
+@pytest.fixture(scope="module")
+def single():
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs(img_tokens=24)
+    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS)
+    out = sample(model, x, txt, STEPS)
+    return cache.report(), out
+
+
+@pytest.mark.parametrize("mode", ["reduced", "coordinator"])
+def test_ranks_take_identical_decisions_equal_to_single_process(mode, tmp_path, single):
+    (r0, r1), out = _run(mode, tmp_path)
+    ref, ref_out = single
+    assert r0["computed_steps"] == r1["computed_steps"] == ref["computed_steps"]
+    assert r0["skipped_steps"] == r1["skipped_steps"] == ref["skipped_steps"] != []
+    assert r0["rel_l1"] == r1["rel_l1"]
+    assert r0["rel_l1"][1:] == pytest.approx(ref["rel_l1"][1:], rel=1e-5)
+    assert r0["sequence_parallel_reduced"] and r1["sequence_parallel_reduced"]
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+
+
+def test_without_reduction_ranks_measure_different_changes(tmp_path):
+    (r0, r1), _ = _run("unreduced", tmp_path)
+    assert r0["rel_l1"][1:] != pytest.approx(r1["rel_l1"][1:], rel=1e-3)
+
+
+def test_auto_without_xfuser_parallelism_reduces_nothing():
+    cache = tc.enable_teacache(FakeHunyuanTransformer(), THRESH, process_group="auto")
+    assert cache.report()["sequence_parallel_reduced"] is False

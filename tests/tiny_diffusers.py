@@ -1,0 +1,66 @@
+"""A tiny random-weight diffusers ``HunyuanVideoTransformer3DModel`` and a flow-matching loop for tests."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+
+TINY_CONFIG = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+                   num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16,
+                   pooled_projection_dim=8, rope_axes_dim=(2, 2, 4), guidance_embeds=True)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-initialise every parameter (diffusers zero-initialises modulation and output layers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            elif name.endswith("weight"):  # norm scales
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def make_transformer(seed: int = 0, **overrides) -> HunyuanVideoTransformer3DModel:
+    torch.manual_seed(seed)
+    return randomize_(HunyuanVideoTransformer3DModel(**{**TINY_CONFIG, **overrides}), seed).eval()
+
+
+def make_inputs(batch=1, frames=2, height=8, width=8, text_len=6, seed=0, pad=2):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    mask[:, text_len - pad:] = False  # padded prompt tokens
+    return dict(
+        hidden_states=torch.randn(batch, 4, frames, height, width, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, 16, generator=g),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(batch, 8, generator=g),
+        guidance=torch.full((batch,), 6000.0),
+    )
+
+
+def sigmas(num_steps: int, shift: float = 7.0) -> torch.Tensor:
+    """HunyuanVideo's flow-matching schedule with shift, from 1 to 0."""
+    s = torch.linspace(1.0, 0.0, num_steps + 1)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def sample(call, inputs: dict, num_steps: int, negative: dict | None = None, true_cfg: float = 3.0, outputs=None):
+    """Euler flow matching; with ``negative`` the transformer is called twice per step (true CFG)."""
+    x = inputs["hidden_states"]
+    sig = sigmas(num_steps)
+    for i in range(num_steps):
+        t = (sig[i] * 1000).expand(x.shape[0])
+        pred = call(**{**inputs, "hidden_states": x, "timestep": t, "return_dict": False})[0]
+        if negative is not None:
+            neg = call(**{**negative, "hidden_states": x, "timestep": t, "return_dict": False})[0]
+            pred = neg + true_cfg * (pred - neg)
+        if outputs is not None:
+            outputs.append(pred)
+        x = x + (sig[i + 1] - sig[i]) * pred
+    return x
