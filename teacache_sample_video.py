@@ -58,18 +58,34 @@ __all__ = [
 PUBLISHED_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
 
+RULES = ("reuse", "extrapolate")
+
+
 @dataclass(frozen=True)
 class TeaCacheConfig:
-    """What the cache does; immutable, one per enabled transformer."""
+    """What the cache does; immutable, one per enabled transformer. The defaults are the published rule."""
 
     rel_l1_thresh: float = 0.15
     coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS
+    warmup_steps: int = 1  # the first N steps are always computed (the published rule: 1)
+    max_consecutive_skips: Optional[int] = None  # never skip more than K steps in a row
+    rule: str = "reuse"  # skipped step: "reuse" the last residual, or "extrapolate" it from the last two
+    trace: bool = False  # also record the residual change per step (calibration; one more residual held)
 
     def __post_init__(self):
         thresh = self.rel_l1_thresh
         if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not math.isfinite(thresh) or thresh < 0:
             raise ValueError(f"rel_l1_thresh must be a finite number >= 0, got {thresh!r}")
         object.__setattr__(self, "coefficients", tuple(float(c) for c in self.coefficients))
+        if not self.coefficients or not all(map(math.isfinite, self.coefficients)):
+            raise ValueError(f"coefficients must be finite numbers, got {self.coefficients!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be an int >= 1, got {self.warmup_steps!r}")
+        cap = self.max_consecutive_skips
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"max_consecutive_skips must be None or an int >= 0, got {cap!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +94,11 @@ class TeaCacheConfig:
 
     def rescale(self, rel_l1: float) -> float:
         return float(np.polyval(self.coefficients, rel_l1))
+
+    def as_dict(self) -> dict:
+        return {"rel_l1_thresh": self.rel_l1_thresh, "coefficients": list(self.coefficients),
+                "warmup_steps": self.warmup_steps, "max_consecutive_skips": self.max_consecutive_skips,
+                "rule": self.rule}
 
 
 # --------------------------------------------------------------------------- #
@@ -92,15 +113,21 @@ class _Branch:
 
     skipping: bool = False  # decision for the step in progress
     accumulated: float = 0.0
+    skipped_in_a_row: int = 0
     previous_modulated: Optional[torch.Tensor] = None
-    residual: Optional[torch.Tensor] = None  # image tokens out of the block stack minus in
+    residual: Optional[torch.Tensor] = None  # image tokens out of the block stack minus in, last computed step
+    residual_at: Optional[float] = None  # timestep of that step
+    older_residual: Optional[torch.Tensor] = None  # the computed step before ("extrapolate", trace)
+    older_residual_at: Optional[float] = None
     block_input: Optional[torch.Tensor] = None  # image tokens into the stack (compute steps only)
     computed_steps: List[int] = field(default_factory=list)
     skipped_steps: List[int] = field(default_factory=list)
-    rel_l1: List[Optional[float]] = field(default_factory=list)  # raw indicator per step
+    rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per step
+    residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per step
 
     def held_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual, self.older_residual)
+                   if t is not None)
 
 
 @dataclass
@@ -130,19 +157,64 @@ class _Generation:
 # --------------------------------------------------------------------------- #
 
 
-def teacache_decision(step: int, num_steps: int, accumulated: float, rescaled: float, rel_l1_thresh: float):
+def teacache_decision(step: int, num_steps: int, accumulated: float, rescaled: float, rel_l1_thresh: float, *,
+                      warmup_steps: int = 1, skipped_in_a_row: int = 0,
+                      max_consecutive_skips: Optional[int] = None):
     """The published rule for one step: returns ``(compute, new_accumulated)``.
 
-    The first step and the last two are always computed: the reference script's
-    step counter wraps at ``infer_steps - 1``, so it also forces the step before
-    the last; keeping that makes every decision equal to the reference's.
+    The first ``warmup_steps`` steps and the last two are always computed: the reference
+    script's step counter wraps at ``infer_steps - 1``, so it also forces the step before
+    the last; keeping that makes every decision equal to the reference's. With
+    ``max_consecutive_skips`` a step is computed once that many were skipped in a row.
     """
-    if step == 0 or step >= num_steps - 2:
+    if step < warmup_steps or step >= num_steps - 2:
         return True, 0.0
     accumulated += rescaled
-    if accumulated < rel_l1_thresh:
+    if accumulated < rel_l1_thresh and (max_consecutive_skips is None or skipped_in_a_row < max_consecutive_skips):
         return False, accumulated
     return True, 0.0
+
+
+def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig) -> List[int]:
+    """The steps the rule computes on a recorded indicator trace (one value per step, first ``None``)."""
+    computed, acc, run = [], 0.0, 0
+    for step, value in enumerate(rel_l1):
+        rescaled = 0.0 if value is None else config.rescale(value)
+        compute, acc = teacache_decision(step, len(rel_l1), acc, rescaled, config.rel_l1_thresh,
+                                         warmup_steps=config.warmup_steps, skipped_in_a_row=run,
+                                         max_consecutive_skips=config.max_consecutive_skips)
+        run = 0 if compute else run + 1
+        if compute:
+            computed.append(step)
+    return computed
+
+
+def threshold_for_speedup(traces: Sequence[Sequence[Optional[float]]], speedup: float,
+                          config: TeaCacheConfig) -> tuple:
+    """Pick the threshold whose replay on recorded traces computes closest to ``steps / speedup`` steps.
+
+    Returns ``(threshold, mean computed steps on the traces)``; among equally close thresholds the
+    smallest (most steps computed) wins.
+    """
+    if not speedup >= 1:
+        raise ValueError(f"speedup must be >= 1, got {speedup!r}")
+    num_steps = len(traces[0])
+    target = num_steps / speedup
+    best = None
+    for thresh in np.concatenate([[0.0], np.geomspace(1e-4, 1e3, 3000)]):
+        cfg = TeaCacheConfig(**{**config.as_dict(), "rel_l1_thresh": float(thresh)})
+        mean = float(np.mean([len(replay(t, cfg)) for t in traces]))
+        if best is None or abs(mean - target) < abs(best[1] - target) - 1e-9:
+            best = (float(thresh), mean)
+    return best
+
+
+def fit_coefficients(rel_l1: Sequence[float], residual_rel_l1: Sequence[float], degree: int = 4) -> tuple:
+    """Least-squares polynomial (highest power first) mapping the indicator to the residual's change."""
+    x, y = np.asarray(rel_l1, dtype=np.float64), np.asarray(residual_rel_l1, dtype=np.float64)
+    if len(x) != len(y) or len(x) <= degree:
+        raise ValueError(f"need more than {degree} paired samples, got {len(x)} and {len(y)}")
+    return tuple(float(c) for c in np.polynomial.Polynomial.fit(x, y, degree).convert().coef[::-1])
 
 
 # --------------------------------------------------------------------------- #
@@ -192,7 +264,8 @@ class TeaCache:
         """Decisions of the current/last generation; top-level step lists are the first branch's."""
         g = self._gen
         branches = [{"computed_steps": list(b.computed_steps), "skipped_steps": list(b.skipped_steps),
-                     "rel_l1": list(b.rel_l1)} for b in g.branches]
+                     "rel_l1": list(b.rel_l1), **({"residual_rel_l1": list(b.residual_rel_l1)}
+                                                  if self.config.trace else {})} for b in g.branches]
         calls = sum(len(b["computed_steps"]) + len(b["skipped_steps"]) for b in branches)
         computed = sum(len(b["computed_steps"]) for b in branches)
         return {
@@ -213,8 +286,7 @@ class TeaCache:
         """``stats()`` plus the configuration: what the JSON report beside each video holds."""
         return {
             "method": "TeaCache (arXiv 2411.19108)",
-            "rel_l1_thresh": self.config.rel_l1_thresh,
-            "coefficients": list(self.config.coefficients),
+            **self.config.as_dict(),
             **self.stats(),
             "sequence_parallel_reduced": self._reduce_sum is not None,
         }
@@ -224,8 +296,9 @@ class TeaCache:
         t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
         calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
             if s["num_branches"] > 1 else ""
-        return (f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh}): computed {len(s['computed_steps'])}/"
-                f"{s['num_steps']} steps, skipped {len(s['skipped_steps'])}{calls}, denoise {t}")
+        return (f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh:g}, rule={self.config.rule}): computed "
+                f"{len(s['computed_steps'])}/{s['num_steps']} steps, skipped {len(s['skipped_steps'])}{calls}, "
+                f"denoise {t}")
 
     # -- per step ----------------------------------------------------------- #
     def _begin_step(self, module, args, kwargs):
@@ -263,15 +336,36 @@ class TeaCache:
         rel_l1 = None if b.previous_modulated is None else self._relative_l1(modulated, b.previous_modulated)
         b.rel_l1.append(rel_l1)
         rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
-        compute, b.accumulated = teacache_decision(g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh)
-        compute = compute or b.residual is None
+        compute, b.accumulated = teacache_decision(
+            g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
+            skipped_in_a_row=b.skipped_in_a_row, max_consecutive_skips=cfg.max_consecutive_skips)
+        compute = compute or b.residual is None or not cfg.enabled
         b.previous_modulated = modulated
         g.activation_bytes = modulated.numel() * modulated.element_size()
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
-        if compute:
+        b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
+        if compute and not (cfg.rule == "extrapolate" or cfg.trace):
             b.residual = None  # freed before the blocks run: never two residuals of a branch at once
         g.account()
         return not compute
+
+    def _cached_residual(self, b: _Branch) -> torch.Tensor:
+        """The residual a skipped step adds: the last one, or its first-order extrapolation in time."""
+        if self.config.rule == "reuse" or b.older_residual is None:
+            return b.residual
+        t, t1, t0 = self._gen.timestep, b.residual_at, b.older_residual_at
+        if None in (t, t1, t0) or t1 == t0:
+            return b.residual
+        return torch.lerp(b.older_residual, b.residual, (t - t0) / (t1 - t0))
+
+    def _store_residual(self, b: _Branch, residual: torch.Tensor) -> None:
+        g, keep_older = self._gen, self.config.rule == "extrapolate" or self.config.trace
+        if self.config.trace:
+            b.residual_rel_l1.extend([None] * (g.step - len(b.residual_rel_l1)))
+            b.residual_rel_l1.append(None if b.residual is None else self._relative_l1(residual, b.residual))
+        b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep_older else (None, None)
+        b.residual, b.residual_at = residual, g.timestep
+        g.account()
 
     def _relative_l1(self, now: torch.Tensor, prev: torch.Tensor) -> float:
         # mean|now - prev| / mean|prev| as a ratio of sums, so that under sequence
@@ -293,21 +387,21 @@ class TeaCache:
             g = self._gen
             b = g.current
             if role == "first":
-                if not self.config.enabled:
+                if not (self.config.enabled or self.config.trace):
                     b.computed_steps.append(g.step)
                     b.rel_l1.append(None)
                 elif self._decide(adapter.modulated_input(block, args, kwargs)):
                     b.skipping = True
-                    return adapter.passthrough(block, args, kwargs, image_delta=b.residual)
+                    return adapter.passthrough(block, args, kwargs, image_delta=self._cached_residual(b))
                 else:
                     b.block_input = adapter.image_in(args, kwargs)
             elif b.skipping:
                 return adapter.passthrough(block, args, kwargs)
             out = original(*args, **kwargs)
             if role == "last" and b.block_input is not None:
-                b.residual = adapter.image_out(out, num_image_tokens=b.block_input.shape[1]) - b.block_input
+                self._store_residual(b, adapter.image_out(out, num_image_tokens=b.block_input.shape[1])
+                                     - b.block_input)
                 b.block_input = None
-                g.account()
             return out
 
         block.forward = forward
@@ -536,13 +630,29 @@ def save_video(sample: torch.Tensor, path: Path, fps: int = 24) -> None:
     imageio.mimsave(str(path), list(frames), fps=fps)
 
 
+def _write_video_and_report(sample: torch.Tensor, path: Path, report: dict, fps: int = 24) -> Path:
+    path = _unique_path(path)
+    save_video(sample, path, fps=fps)
+    path.with_suffix(".json").write_text(json.dumps({**report, "video": path.name}, indent=2, default=str))
+    logger.info(f"Sample save to: {path} (report: {path.with_suffix('.json').name})")
+    return path
+
+
+def _video_name(seed, prompt: str) -> str:
+    return f"{datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}_seed{seed}_{prompt[:100].replace('/', '')}.mp4"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Upstream HunyuanVideo (run from a checkout); with ``--diffusers-model``, diffusers' pipeline instead."""
     import importlib.util
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--diffusers-model" or a.startswith("--diffusers-model=") for a in argv):
+        return diffusers_main(argv)
     if importlib.util.find_spec("hyvideo") is None:
         print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
-              "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo and run it from there",
-              file=sys.stderr)
+              "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo and run it from there "
+              "(or pass --diffusers-model to use diffusers' HunyuanVideoPipeline)", file=sys.stderr)
         return 2
     args = parse_args(argv)
     from hyvideo.inference import HunyuanVideoSampler
@@ -569,18 +679,86 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info(cache.summary())
     if not _is_main_rank():
         return 0
-
-    report = cache.report()
-    upstream_args = {k: v for k, v in vars(args).items() if k != "rel_l1_thresh"}
-    time_flag = datetime.now().strftime("%Y-%m-%d-%H:%M:%S")
+    # upstream batches the videos of one prompt: they share one denoising run and so one set of decisions
+    report = {**cache.report(), "generation_time_s": generation_time,
+              "upstream_args": {k: v for k, v in vars(args).items() if k != "rel_l1_thresh"}}
     for i, sample in enumerate(outputs["samples"]):
         seed, prompt = outputs["seeds"][i], outputs["prompts"][i // args.num_videos]
-        path = _unique_path(save_path / f"{time_flag}_seed{seed}_{prompt[:100].replace('/', '')}.mp4")
-        save_video(sample, path)
-        video_report = {**report, "video": path.name, "index": i, "seed": seed, "prompt": prompt,
-                        "generation_time_s": generation_time, "upstream_args": upstream_args}
-        path.with_suffix(".json").write_text(json.dumps(video_report, indent=2, default=str))
-        logger.info(f"Sample save to: {path} (report: {path.with_suffix('.json').name})")
+        _write_video_and_report(sample, save_path / _video_name(seed, prompt),
+                                {**report, "index": i, "seed": seed, "prompt": prompt})
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+# CLI for diffusers' HunyuanVideoPipeline (no HunyuanVideo checkout needed)    #
+# --------------------------------------------------------------------------- #
+
+
+def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The same flag names as upstream's sample_video.py where they mean the same thing."""
+    group = parser.add_argument_group(title="diffusers HunyuanVideo args")
+    group.add_argument("--diffusers-model", required=True,
+                       help="Local folder or hub id of a HunyuanVideoPipeline, e.g. hunyuanvideo-community/HunyuanVideo.")
+    group.add_argument("--prompt", type=str, required=True)
+    group.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
+    group.add_argument("--video-size", type=int, nargs=2, default=(720, 1280), metavar=("HEIGHT", "WIDTH"))
+    group.add_argument("--video-length", type=int, default=129, help="Number of frames.")
+    group.add_argument("--infer-steps", type=int, default=50)
+    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--num-videos", type=int, default=1, help="Videos per prompt (seeds seed, seed+1, ...).")
+    group.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="Distilled guidance (guidance_scale).")
+    group.add_argument("--cfg-scale", type=float, default=1.0,
+                       help="True classifier-free guidance (true_cfg_scale): > 1 with --neg-prompt calls the "
+                            "transformer twice per step.")
+    group.add_argument("--flow-shift", type=float, default=None, help="Override the scheduler's shift.")
+    group.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                       help="Transformer dtype (default: bf16 on GPU, fp32 on CPU).")
+    group.add_argument("--use-cpu-offload", action="store_true", help="enable_model_cpu_offload()")
+    group.add_argument("--sequential-cpu-offload", action="store_true", help="enable_sequential_cpu_offload()")
+    group.add_argument("--vae-tiling", action="store_true")
+    group.add_argument("--fps", type=int, default=24)
+    group.add_argument("--save-path", type=str, default="./results")
+    return parser
+
+
+def diffusers_main(argv: Sequence[str]) -> int:
+    parser = add_teacache_args(add_diffusers_args(_ArgumentParser(
+        description="HunyuanVideo (diffusers) with TeaCache")))
+    args = parser.parse_args(argv)
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.precision or ("bf16" if device == "cuda" else "fp32")]
+    pipe = HunyuanVideoPipeline.from_pretrained(args.diffusers_model, torch_dtype=dtype)
+    if args.flow_shift is not None:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=args.flow_shift)
+    if args.sequential_cpu_offload:
+        pipe.enable_sequential_cpu_offload()
+    elif args.use_cpu_offload:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    if args.vae_tiling:
+        pipe.vae.enable_tiling()
+    cache = enable_teacache(pipe.transformer, rel_l1_thresh=args.rel_l1_thresh)
+    base_seed = args.seed if args.seed is not None else int(torch.randint(0, 1_000_000, ()).item())
+    for i in range(args.num_videos):
+        seed = base_seed + i
+        cache.reset(args.infer_steps)
+        start = time.perf_counter()
+        frames = pipe(
+            prompt=args.prompt, negative_prompt=args.neg_prompt, height=args.video_size[0], width=args.video_size[1],
+            num_frames=args.video_length, num_inference_steps=args.infer_steps, true_cfg_scale=args.cfg_scale,
+            guidance_scale=args.embedded_cfg_scale, generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="pt",
+        ).frames[0]  # (T, C, H, W) in [0, 1]
+        generation_time = time.perf_counter() - start
+        logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
+        report = {**cache.report(), "generation_time_s": generation_time, "index": i, "seed": seed,
+                  "prompt": args.prompt, "diffusers_args": vars(args)}
+        _write_video_and_report(frames.permute(1, 0, 2, 3), Path(args.save_path) / _video_name(seed, args.prompt),
+                                report, fps=args.fps)
     return 0
 
 

@@ -47,7 +47,6 @@ __all__ = [
     "install_hyvideo_parallel_attention_standin",
 ]
 
-_INSTALLED = False
 
 
 def cpu_flash_attn_forward(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_ignored):
@@ -67,6 +66,9 @@ def cpu_flash_attn_forward(q, k, v, dropout_p=0.0, softmax_scale=None, causal=Fa
         dropout_p=0.0, is_causal=causal, scale=softmax_scale,
     )
     return out.transpose(1, 2), lse.float()
+
+
+cpu_flash_attn_forward._xfuser_cpu_standin = True  # marker: installed (also via another import name)
 
 
 def _cpu_flash_attn_forward_v2(q, k, v, dropout_p, softmax_scale, causal, *args, **kwargs):
@@ -106,16 +108,18 @@ def install_hyvideo_parallel_attention_standin(attenion_module=None):
 def install_xfuser_cpu_standins(hyvideo: bool = True) -> None:
     """Install everything listed in the module docstring (idempotent).
 
-    Call before building the model and before ``init_distributed_environment``.
-    With ``hyvideo=True`` (default) the ``parallel_attention`` stand-in is also
-    installed, which needs ``hyvideo`` importable (HUNYUANVIDEO_ROOT on sys.path).
+    Call before anything imports xfuser or ``hyvideo.inference`` (which imports
+    xfuser inside ``try``/``except`` and silently disables it on failure), i.e.
+    before ``init_distributed_environment``. With ``hyvideo=True`` (default) the
+    ``parallel_attention`` stand-in is also installed, which needs ``hyvideo``
+    importable (HUNYUANVIDEO_ROOT on sys.path).
     """
-    global _INSTALLED
-    if not _INSTALLED:
-        if torch.cuda.is_available():
-            raise RuntimeError("install_xfuser_cpu_standins() is meant for CPU-only test runs")
+    if torch.cuda.is_available():
+        raise RuntimeError("install_xfuser_cpu_standins() is for CPU-only runs; on a GPU use the real kernels")
+    import yunchang.kernels
+
+    if not getattr(yunchang.kernels.flash_attn_forward, "_xfuser_cpu_standin", False):
         _install_xfuser()
-        _INSTALLED = True
     if hyvideo:
         install_hyvideo_parallel_attention_standin()
 

@@ -1,0 +1,149 @@
+"""Run a HunyuanVideo script (upstream's or ours) on CPU with tiny weights.
+
+Test-only. Usage::
+
+    HUNYUANVIDEO_ROOT=/path/to/HunyuanVideo MODEL_BASE=/path/to/tiny_base \\
+        python tests/support/run_cpu.py SCRIPT [script args...]
+
+Before SCRIPT runs as ``__main__`` (via runpy, ``sys.argv = [SCRIPT, *args]``,
+``sys.path[0]`` = SCRIPT's directory, as ``python SCRIPT`` would do) this:
+
+1. puts ``$HUNYUANVIDEO_ROOT`` on ``sys.path``;
+2. registers the tiny transformer config (``--model HYVideo-T/2-tiny``);
+3. installs the CPU stand-ins for ``get_cu_seqlens`` and flash attention;
+4. redirects ``torch.autocast(device_type="cuda")`` to the CPU (no-op for
+   fp32 runs, where upstream disables autocast anyway);
+5. if ``import torchvision`` fails, installs a minimal ``torchvision`` stub
+   whose ``utils.make_grid`` is enough for upstream's ``save_videos_grid``.
+
+Optional: ``HYVIDEO_CPU_SAVE_TENSORS=DIR`` also saves every tensor passed to
+``hyvideo.utils.file_utils.save_videos_grid`` as ``DIR/<video name>.pt``
+(exact values, unlike the lossy .mp4).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import runpy
+import sys
+import types
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _make_grid(tensor, nrow=8, padding=2, normalize=False, value_range=None,
+               scale_each=False, pad_value=0.0, **kwargs):
+    """Minimal stand-in for torchvision.utils.make_grid (no normalisation).
+
+    Lays a [B, C, H, W] batch out as a [C, rows*(H+p)+p, cols*(W+p)+p] grid,
+    ``nrow`` images per row; a single image is returned unchanged (as [C, H, W]).
+    1-channel inputs are repeated to 3 channels, like torchvision.
+    """
+    import torch
+
+    if isinstance(tensor, (list, tuple)):
+        tensor = torch.stack(list(tensor), dim=0)
+    if normalize or scale_each or value_range is not None:
+        raise NotImplementedError("torchvision stub: make_grid normalisation not supported")
+    if tensor.dim() == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() == 3:
+        if tensor.size(0) == 1:
+            tensor = torch.cat((tensor, tensor, tensor), 0)
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() == 4 and tensor.size(1) == 1:
+        tensor = torch.cat((tensor, tensor, tensor), 1)
+    if tensor.size(0) == 1:
+        return tensor.squeeze(0)
+    nmaps, channels, height, width = tensor.shape
+    cols = min(nrow, nmaps)
+    rows = (nmaps + cols - 1) // cols
+    cell_h, cell_w = height + padding, width + padding
+    grid = tensor.new_full((channels, cell_h * rows + padding, cell_w * cols + padding), pad_value)
+    for k in range(nmaps):
+        y, x = divmod(k, cols)
+        top, left = y * cell_h + padding, x * cell_w + padding
+        grid[:, top:top + height, left:left + width].copy_(tensor[k])
+    return grid
+
+
+def install_torchvision_stub() -> bool:
+    """Install a ``torchvision`` stub if the real one cannot be imported.
+
+    Returns True if the stub was installed. transformers/diffusers are imported
+    first so their "is torchvision available" checks still see no torchvision.
+    """
+    try:
+        import torchvision  # noqa: F401
+
+        return False
+    except Exception:  # ImportError, or RuntimeError from CUDA-only wheels
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
+    tv = types.ModuleType("torchvision")
+    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", loader=None, is_package=True)
+    tv.__path__ = []
+    tv.__version__ = "0.0.0+hyvideo-cpu-stub"
+    utils = types.ModuleType("torchvision.utils")
+    utils.__spec__ = importlib.machinery.ModuleSpec("torchvision.utils", loader=None)
+    utils.make_grid = _make_grid
+    tv.utils = utils
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.utils"] = utils
+    return True
+
+
+def _install_tensor_dump(out_dir: str) -> None:
+    import torch
+    import hyvideo.utils.file_utils as fu
+
+    original = fu.save_videos_grid
+
+    def save_videos_grid(videos, path, *args, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(videos.detach().cpu().clone(), Path(out_dir) / (Path(path).stem + ".pt"))
+        return original(videos, path, *args, **kwargs)
+
+    fu.save_videos_grid = save_videos_grid
+
+
+def prepare() -> None:
+    """Everything the runner does before handing over to SCRIPT."""
+    if str(_REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(_REPO_ROOT))
+    from tests.support import hyvideo_cpu
+
+    hyvideo_cpu.add_hunyuanvideo_to_path()
+    hyvideo_cpu.register_tiny_config()
+    hyvideo_cpu.install_cpu_standins()
+    hyvideo_cpu.install_cuda_autocast_redirect()
+    install_torchvision_stub()
+    dump_dir = os.environ.get("HYVIDEO_CPU_SAVE_TENSORS")
+    if dump_dir:
+        _install_tensor_dump(dump_dir)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if argv else 2)
+    script = Path(argv[0]).resolve()
+    if not script.is_file():
+        raise SystemExit(f"run_cpu.py: no such script: {argv[0]}")
+    prepare()
+    # Emulate `python SCRIPT`: sys.path[0] is the script's directory (not ours).
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p != here]
+    sys.path.insert(0, str(script.parent))
+    sys.argv = [str(script), *argv[1:]]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

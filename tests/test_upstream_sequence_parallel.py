@@ -1,0 +1,177 @@
+"""Upstream HunyuanVideo's xfuser sequence parallelism (ulysses 2 / ring 2) on CPU, with TeaCache.
+
+``tests/support/sp_worker.py`` runs Tencent's own ``parallelize_transformer`` and
+``parallel_attention`` under ``torchrun --nproc_per_node=2`` (gloo, CPU stand-ins from
+``tests/support/xfuser_cpu.py``) and, as the reference, the same denoising loop in one
+process. Each rank saves its own results and TeaCache report. Checked here:
+
+* TeaCache off: both ranks' outputs equal the single-process outputs;
+* TeaCache on: every rank takes exactly the single-process decisions (both computed and
+  skipped steps occur) and the outputs still match, because the indicator's sums are
+  all-reduced over the sequence-parallel group (``process_group="auto"``);
+* without that reduction (``process_group=None``) each rank measures only its own shard
+  and the ranks' distances differ: at a threshold between them one rank would skip the
+  blocks while the other runs them, and the collectives inside the blocks would hang.
+
+Needs ``HUNYUANVIDEO_ROOT`` (a Tencent/HunyuanVideo checkout), xfuser and yunchang.
+About 30 s on two CPU cores (three launches; most of it is imports).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "support" / "sp_worker.py"
+
+STEPS = 16
+THRESH = 0.6  # 4 of 16 steps skipped; every decision >= 0.1 away from the threshold
+RTOL = 1e-5  # max |parallel - single| / max |single|
+TIMEOUT_S = 150
+
+pytestmark = [
+    pytest.mark.skipif(not os.environ.get("HUNYUANVIDEO_ROOT"),
+                       reason="HUNYUANVIDEO_ROOT is not set: point it at a Tencent/HunyuanVideo checkout"),
+    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("xfuser", "yunchang")),
+                       reason="sequence parallelism needs the xfuser and yunchang packages"),
+]
+
+SP_CONFIGS = {"ulysses2": (2, 1), "ring2": (1, 2)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list, what: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # Own session, so that a hang (e.g. mismatched collectives) can be killed with its workers.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{what} timed out after {TIMEOUT_S} s:\n{out[-4000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed (exit {proc.returncode}):\n{out[-4000:]}")
+
+
+def _worker_args(out: Path) -> list:
+    return [str(WORKER), "--out", str(out), "--steps", str(STEPS), "--teacache", str(THRESH), "--probe-no-reduce"]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    _run([sys.executable] + _worker_args(out) + ["--single"], "single-process worker")
+    return _load(out / "single.pt")
+
+
+@pytest.fixture(scope="module", params=list(SP_CONFIGS), ids=list(SP_CONFIGS))
+def ranks(request, tmp_path_factory):
+    ulysses, ring = SP_CONFIGS[request.param]
+    out = tmp_path_factory.mktemp(request.param)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
+          f"--master-port={_free_port()}"] + _worker_args(out)
+         + ["--ulysses-degree", str(ulysses), "--ring-degree", str(ring)],
+         f"torchrun ({request.param})")
+    results = [_load(out / f"sp_rank{r}.pt") for r in (0, 1)]
+    for r, res in enumerate(results):
+        assert res["meta"]["rank"] == r and res["meta"]["world_size"] == 2
+    return results
+
+
+def _relerr(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a - ref).abs().max() / ref.abs().max()).item()
+
+
+def _distances(report: dict) -> list:
+    d = report["rel_l1"]
+    return [float("nan") if x is None else x for x in d]
+
+
+def _assert_outputs_match(run: dict, ref: dict, label: str) -> None:
+    err = _relerr(run["latents"], ref["latents"])
+    assert err < RTOL, f"{label}: final latents differ from single-process by {err:.2e} (relative)"
+    for i, (a, b) in enumerate(zip(run["step_outputs"], ref["step_outputs"], strict=True)):
+        err = _relerr(a, b)
+        assert err < RTOL, f"{label}: step {i} output differs from single-process by {err:.2e} (relative)"
+
+
+def test_without_teacache_parallel_matches_single(ranks, single):
+    for r, res in enumerate(ranks):
+        _assert_outputs_match(res["runs"]["off"], single["runs"]["off"], f"rank {r}")
+    assert torch.equal(ranks[0]["runs"]["off"]["latents"], ranks[1]["runs"]["off"]["latents"])
+
+
+def test_teacache_ranks_take_the_single_process_decisions(ranks, single):
+    from teacache_sample_video import TeaCacheConfig, teacache_decision
+
+    ref = single["runs"]["teacache"]["report"]
+    assert ref["computed_steps"] and ref["skipped_steps"], f"retune THRESH: single-process decisions {ref}"
+    # The reference decisions are not balanced on a rounding error (so this test cannot flake).
+    cfg, acc, margin = TeaCacheConfig(THRESH), 0.0, float("inf")
+    for step, d in enumerate(ref["rel_l1"]):
+        x = 0.0 if d is None else cfg.rescale(d)
+        if 0 < step < STEPS - 2:
+            margin = min(margin, abs(acc + x - THRESH))
+        _, acc = teacache_decision(step, STEPS, acc, x, THRESH)
+    assert margin > 1e-3, f"retune THRESH: a decision is within {margin:.1e} of the threshold"
+
+    reports = [res["runs"]["teacache"]["report"] for res in ranks]
+    for r, rep in enumerate(reports):
+        assert rep.get("sequence_parallel_reduced", True), f"rank {r}: 'auto' did not find xfuser's SP group"
+        assert (rep["computed_steps"], rep["skipped_steps"]) == (ref["computed_steps"], ref["skipped_steps"]), (
+            f"rank {r} decided computed={rep['computed_steps']} skipped={rep['skipped_steps']}, single process "
+            f"computed={ref['computed_steps']} skipped={ref['skipped_steps']}")
+        got, want = torch.tensor(_distances(rep)[1:]), torch.tensor(_distances(ref)[1:])
+        assert _relerr(got, want) < RTOL, f"rank {r}: distances {got.tolist()} vs single {want.tolist()}"
+    assert _distances(reports[0])[1:] == _distances(reports[1])[1:], "all-reduced distances must be bitwise equal"
+
+
+def test_teacache_parallel_output_matches_single(ranks, single):
+    ref = single["runs"]["teacache"]
+    for r, res in enumerate(ranks):
+        _assert_outputs_match(res["runs"]["teacache"], ref, f"rank {r} (TeaCache)")
+    # ... and skipping really changed the result (the cache is not a no-op).
+    assert _relerr(ref["latents"], single["runs"]["off"]["latents"]) > 1e-3
+
+
+def test_without_reduction_rank_distances_differ(ranks, single):
+    """process_group=None on purpose (every step computed, so the ranks stay in lock step)."""
+    from teacache_sample_video import TeaCacheConfig, teacache_decision
+
+    reports = [res["runs"]["probe"]["report"] for res in ranks]
+    assert not any(rep.get("sequence_parallel_reduced", False) for rep in reports)
+    full = torch.tensor(_distances(single["runs"]["probe"]["report"])[1:])
+    per_rank = [torch.tensor(_distances(rep)[1:]) for rep in reports]
+    spread = ((per_rank[0] - per_rank[1]).abs() / full).max().item()
+    assert spread > 1e-3, f"shard distances should differ: {per_rank[0].tolist()} vs {per_rank[1].tolist()}"
+    for r in (0, 1):
+        assert _relerr(per_rank[r], full) > 1e-4, f"rank {r} alone should not see the full-tensor distance"
+
+    # Consequence: at step 1 (everything before it was computed, so these distances are
+    # exactly what an unreduced TeaCache would see) a threshold between the ranks'
+    # rescaled distances makes one rank skip the blocks and the other run them.
+    cfg = TeaCacheConfig(1.0)
+    x0, x1 = (cfg.rescale(float(d[0])) for d in per_rank)
+    thresh = (x0 + x1) / 2
+    decisions = [teacache_decision(1, STEPS, 0.0, x, thresh)[0] for x in (x0, x1)]
+    assert decisions[0] != decisions[1], (x0, x1)
