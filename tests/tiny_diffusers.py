@@ -64,3 +64,34 @@ def sample(call, inputs: dict, num_steps: int, negative: dict | None = None, tru
             outputs.append(pred)
         x = x + (sig[i + 1] - sig[i]) * pred
     return x
+
+
+def make_tiny_pipeline(root) -> "Path":
+    """Save a tiny ``HunyuanVideoPipeline`` under ``root``: locally trained tokenizers, tiny Llama and CLIP text
+    encoders, tiny VAE and transformer, all random. Loads with ``HunyuanVideoPipeline.from_pretrained(root)``."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    from support import tiny_checkpoints as T
+
+    root = Path(root)
+    corpus = T.EXTRA_SENTENCES + ["<|start_header_id|>system<|end_header_id|> Describe the video by detailing "
+                                  "the following aspects: the main content and theme of the video."]
+    tokenizer = T.build_llm_tokenizer(corpus, vocab_size=400)
+    text_encoder = T.build_llm(len(tokenizer), seed=1)
+    tokenizer_2 = T.build_clip_tokenizer(corpus, root / "_clip_tokenizer", num_merges=100)
+    text_encoder_2 = T.build_clip(tokenizer_2, seed=2)
+    torch.manual_seed(3)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        act_fn="silu", norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
+        temporal_compression_ratio=4, mid_block_add_attention=True).eval()
+    transformer = make_transformer(seed=4, text_embed_dim=text_encoder.config.hidden_size,
+                                   pooled_projection_dim=text_encoder_2.config.hidden_size)
+    pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+                                tokenizer_2=tokenizer_2)
+    pipe.save_pretrained(root / "pipeline")
+    return root / "pipeline"

@@ -1,0 +1,60 @@
+"""The drop-in's diffusers path end to end: a tiny HunyuanVideoPipeline saved locally (no downloads)."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+
+import teacache_sample_video as tc
+from tiny_diffusers import make_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))
+
+
+def run(pipeline_dir, save, *extra):
+    return tc.main(["--diffusers-model", str(pipeline_dir), "--prompt", "a cat walks on the grass",
+                    "--video-size", "32", "32", "--video-length", "5", "--infer-steps", "8", "--seed", "3",
+                    "--save-path", str(save), *extra])
+
+
+def test_writes_each_video_with_its_report(pipeline_dir, tmp_path):
+    assert run(pipeline_dir, tmp_path, "--num-videos", "2", "--rel-l1-thresh", "0.3") == 0
+    videos = sorted(tmp_path.glob("*.mp4"))
+    assert len(videos) == 2
+    reports = [json.loads(v.with_suffix(".json").read_text()) for v in videos]
+    assert sorted(r["seed"] for r in reports) == [3, 4]
+    for video, r in zip(videos, reports):
+        assert iio.imread(video).shape == (5, 32, 32, 3)
+        assert r["num_steps"] == 8 and sorted(r["computed_steps"] + r["skipped_steps"]) == list(range(8))
+        assert r["rel_l1_thresh"] == 0.3 and r["diffusers_args"]["diffusers_model"] == str(pipeline_dir)
+        assert r["num_branches"] == 1 and r["transformer_calls"] == 8
+
+
+def test_true_cfg_reports_two_branches(pipeline_dir, tmp_path):
+    assert run(pipeline_dir, tmp_path, "--cfg-scale", "3", "--neg-prompt", "blurry", "--rel-l1-thresh", "0.3") == 0
+    (video,) = tmp_path.glob("*.mp4")
+    r = json.loads(video.with_suffix(".json").read_text())
+    assert r["num_branches"] == 2 and r["transformer_calls"] == 16 and len(r["branches"]) == 2
+
+
+def test_threshold_zero_matches_the_plain_pipeline(pipeline_dir, tmp_path):
+    import torch
+    from diffusers import HunyuanVideoPipeline
+
+    assert run(pipeline_dir, tmp_path, "--rel-l1-thresh", "0") == 0
+    (video,) = tmp_path.glob("*.mp4")
+    pipe = HunyuanVideoPipeline.from_pretrained(pipeline_dir)
+    frames = pipe(prompt="a cat walks on the grass", height=32, width=32, num_frames=5, num_inference_steps=8,
+                  generator=torch.Generator("cpu").manual_seed(3), output_type="pt").frames[0]
+    plain = tmp_path / "plain.mp4"
+    tc.save_video(frames.permute(1, 0, 2, 3), plain)
+    assert (iio.imread(video) == iio.imread(plain)).all()
+
+
+def test_bad_threshold_is_refused(pipeline_dir, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        run(pipeline_dir, tmp_path, "--rel-l1-thresh", "-0.5")
+    assert exc.value.code == 2 and not any(tmp_path.iterdir())
