@@ -237,9 +237,10 @@ class TeaCache:
         self._reduce_sum = reduce_sum
         self._gen = _Generation()
         self._restore: list = []
+        self.notes: dict = {}  # what chose this configuration (profile, target speedup), for the report
         blocks = adapter.blocks
         for block in blocks:
-            self._wrap(block, "first" if block is blocks[0] else "last" if block is blocks[-1] else "middle")
+            self._wrap(block, first=block is blocks[0], last=block is blocks[-1])
         self._restore.append(transformer.register_forward_pre_hook(self._begin_step, with_kwargs=True).remove)
         self._restore.append(transformer.register_forward_hook(self._end_step).remove)
 
@@ -287,6 +288,7 @@ class TeaCache:
         return {
             "method": "TeaCache (arXiv 2411.19108)",
             **self.config.as_dict(),
+            **self.notes,
             **self.stats(),
             "sequence_parallel_reduced": self._reduce_sum is not None,
         }
@@ -378,7 +380,7 @@ class TeaCache:
         num, den = sums.tolist()
         return num / den if den else math.inf
 
-    def _wrap(self, block: torch.nn.Module, role: str) -> None:
+    def _wrap(self, block: torch.nn.Module, first: bool, last: bool) -> None:
         original = block.forward
         had_instance_forward = "forward" in vars(block)
         adapter = self.adapter
@@ -386,7 +388,7 @@ class TeaCache:
         def forward(*args, **kwargs):
             g = self._gen
             b = g.current
-            if role == "first":
+            if first:
                 if not (self.config.enabled or self.config.trace):
                     b.computed_steps.append(g.step)
                     b.rel_l1.append(None)
@@ -398,7 +400,7 @@ class TeaCache:
             elif b.skipping:
                 return adapter.passthrough(block, args, kwargs)
             out = original(*args, **kwargs)
-            if role == "last" and b.block_input is not None:
+            if last and b.block_input is not None:
                 self._store_residual(b, adapter.image_out(out, num_image_tokens=b.block_input.shape[1])
                                      - b.block_input)
                 b.block_input = None
@@ -533,19 +535,21 @@ def _sequence_parallel_reduce_sum():
 
 
 def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *,
-                    coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, num_steps: Optional[int] = None,
-                    process_group: Any = "auto") -> TeaCache:
+                    coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, warmup_steps: int = 1,
+                    max_consecutive_skips: Optional[int] = None, rule: str = "reuse", trace: bool = False,
+                    num_steps: Optional[int] = None, process_group: Any = "auto") -> TeaCache:
     """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` or diffusers'
     ``HunyuanVideoTransformer3DModel`` (the adapter is picked from the block layout).
 
-    ``process_group``: ``"auto"`` (xfuser's sequence-parallel group when one is active),
-    ``None`` (no reduction), a ``torch.distributed`` process group, or any object with an
-    ``all_reduce(tensor) -> tensor`` method. Call ``reset(num_steps)`` before each generation
-    (or pass ``num_steps`` here for the first one).
+    The defaults are the published rule; see ``TeaCacheConfig`` for the options. ``process_group``:
+    ``"auto"`` (xfuser's sequence-parallel group when one is active), ``None`` (no reduction), a
+    ``torch.distributed`` process group, or any object with an ``all_reduce(tensor) -> tensor`` method.
+    Call ``reset(num_steps)`` before each generation (or pass ``num_steps`` here for the first one).
     """
     if getattr(transformer, "_teacache", None) is not None:
         raise ValueError("TeaCache is already enabled on this transformer; call .disable() on its handle first")
-    config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, coefficients=coefficients)
+    config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, coefficients=coefficients, warmup_steps=warmup_steps,
+                            max_consecutive_skips=max_consecutive_skips, rule=rule, trace=trace)
     adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
     if adapter_cls is None:
         raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__}")
@@ -567,6 +571,59 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
 
 
 # --------------------------------------------------------------------------- #
+# Calibration profiles                                                         #
+# --------------------------------------------------------------------------- #
+
+PROFILE_FORMAT = "teacache-profile/1"
+
+
+def model_identity(transformer: torch.nn.Module) -> dict:
+    """What a profile is tied to: the architecture (class, block count, parameter count)."""
+    adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
+    return {"class": type(transformer).__name__,
+            "num_blocks": len(adapter_cls(transformer).blocks) if adapter_cls else None,
+            "num_parameters": sum(p.numel() for p in transformer.parameters())}
+
+
+def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4) -> dict:
+    """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
+
+    Pairs each step's indicator with the relative L1 change of the block stack's residual at that step.
+    """
+    runs = [b for t in traces for b in t.get("branches", [t])]
+    pairs = [(x, y) for r in runs for x, y in zip(r["rel_l1"], r["residual_rel_l1"]) if x is not None and y is not None]
+    if not pairs:
+        raise ValueError("no traced steps to calibrate on: run uncached generations with trace=True first")
+    coefficients = fit_coefficients([x for x, _ in pairs], [y for _, y in pairs], degree)
+    num_steps = {t["num_steps"] for t in traces}
+    if len(num_steps) != 1:
+        raise ValueError(f"traces have different step counts {sorted(num_steps)}")
+    return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps.pop(),
+            "setting": setting, "coefficients": list(coefficients), "degree": degree,
+            "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"]} for r in runs]}
+
+
+def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
+                 setting: Optional[dict] = None) -> dict:
+    """Read a profile; refuse one made for another model or step count, warn when the setting differs."""
+    profile = json.loads(Path(path).read_text())
+    if profile.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"{path}: not a TeaCache profile (format {profile.get('format')!r}, "
+                         f"expected {PROFILE_FORMAT!r})")
+    if transformer is not None and profile["model"] != model_identity(transformer):
+        raise ValueError(f"{path}: profile made for model {profile['model']}, this model is "
+                         f"{model_identity(transformer)}; calibrate this model with --teacache-calibrate")
+    if num_steps is not None and profile["num_steps"] != num_steps:
+        raise ValueError(f"{path}: profile made for {profile['num_steps']} steps, this run has {num_steps}; "
+                         "calibrate with the same number of steps")
+    for key, value in (setting or {}).items():
+        made = profile["setting"].get(key)
+        if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(value)):
+            logger.warning(f"TeaCache profile {path} was calibrated with {key}={made}, used here with {key}={value}")
+    return profile
+
+
+# --------------------------------------------------------------------------- #
 # CLI: upstream's argument groups + ours                                       #
 # --------------------------------------------------------------------------- #
 
@@ -581,6 +638,26 @@ def _threshold(value: str) -> float:
     return thresh
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return n
+
+
+def _speedup(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value!r}") from None
+    if not (math.isfinite(s) and s >= 1):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value!r}")
+    return s
+
+
 def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group(title="TeaCache args")
     group.add_argument(
@@ -589,7 +666,82 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
              "0.1 ~ 1.6x, 0.15 ~ 2.1x (published, 50 steps); 0 turns caching off (output identical to "
              "sample_video.py).",
     )
+    group.add_argument("--teacache-warmup-steps", type=_positive_int, default=1, metavar="N",
+                       help="Always compute the first N steps (default 1, the published rule).")
+    group.add_argument("--teacache-max-skips", type=_positive_int, default=None, metavar="K",
+                       help="Never skip more than K steps in a row (default: no cap).")
+    group.add_argument("--teacache-rule", choices=RULES, default="reuse",
+                       help="What a skipped step adds: 'reuse' the last residual (published) or 'extrapolate' it "
+                            "to the current timestep from the last two computed steps.")
+    group.add_argument("--teacache-profile", metavar="JSON", default=None,
+                       help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
+    group.add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
+                       help="Pick the threshold that reaches about S-times fewer computed steps, by replaying the "
+                            "rule on the profile's traces (needs --teacache-profile; overrides --rel-l1-thresh).")
+    group.add_argument("--teacache-calibrate", metavar="JSON", default=None,
+                       help="Run uncached, record the indicator and the residual change per step, fit the rescale "
+                            "polynomial and write a profile here (videos are saved as usual).")
+    group.add_argument("--teacache-prompts", metavar="FILE", default=None,
+                       help="One prompt per line, each generated in turn (e.g. to calibrate on several prompts).")
     return parser
+
+
+def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.teacache_speedup is not None and not args.teacache_profile:
+        parser.error("--teacache-speedup needs --teacache-profile (a calibration trace to replay)")
+    if args.teacache_calibrate and (args.teacache_profile or args.teacache_speedup):
+        parser.error("--teacache-calibrate runs uncached; it cannot be combined with --teacache-profile/-speedup")
+    for path in filter(None, (args.teacache_profile, args.teacache_prompts)):
+        if not Path(path).is_file():
+            parser.error(f"no such file: {path}")
+
+
+def _prompts(args: argparse.Namespace) -> List[str]:
+    if args.teacache_prompts:
+        prompts = [line.strip() for line in Path(args.teacache_prompts).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise SystemExit(f"error: {args.teacache_prompts} holds no prompt")
+        return prompts
+    if args.prompt is None:
+        raise SystemExit("error: give --prompt or --teacache-prompts")
+    return [args.prompt]
+
+
+def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_steps: int,
+                    setting: dict) -> TeaCache:
+    """``enable_teacache`` as the TeaCache flags ask; the chosen values end up in every report."""
+    notes: dict = {}
+    coefficients, thresh = PUBLISHED_COEFFICIENTS, args.rel_l1_thresh
+    options = dict(warmup_steps=args.teacache_warmup_steps, max_consecutive_skips=args.teacache_max_skips,
+                   rule=args.teacache_rule)
+    if args.teacache_calibrate:
+        thresh, options["trace"] = 0.0, True
+        notes["calibrating"] = args.teacache_calibrate
+    if args.teacache_profile:
+        profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting)
+        coefficients = profile["coefficients"]
+        notes["profile"] = str(args.teacache_profile)
+        if args.teacache_speedup is not None:
+            config = TeaCacheConfig(thresh, coefficients, **options)
+            thresh, predicted = threshold_for_speedup([t["rel_l1"] for t in profile["traces"]],
+                                                      args.teacache_speedup, config)
+            notes.update(target_speedup=args.teacache_speedup, predicted_computed_steps=predicted)
+            logger.info(f"TeaCache: target {args.teacache_speedup}x -> rel_l1_thresh {thresh:.4g} "
+                        f"({predicted:.1f}/{num_steps} steps computed on the profile's traces)")
+    cache = enable_teacache(transformer, thresh, coefficients=coefficients, **options)
+    cache.notes.update(notes)
+    return cache
+
+
+def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, traces: List[dict],
+                       setting: dict) -> None:
+    """Write the profile of a --teacache-calibrate run (main rank only)."""
+    profile = make_profile(traces, transformer=transformer, setting=setting)
+    if _is_main_rank():
+        Path(args.teacache_calibrate).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.teacache_calibrate).write_text(json.dumps(profile, indent=1))
+        logger.info(f"TeaCache profile written to {args.teacache_calibrate}: coefficients "
+                    f"{[float(f'{c:.6g}') for c in profile['coefficients']]} from {len(profile['traces'])} run(s)")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -605,7 +757,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      hy_config.add_denoise_schedule_args, hy_config.add_inference_args,
                      hy_config.add_parallel_args, add_teacache_args):
         parser = add_args(parser)
-    return hy_config.sanity_check_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    _check_teacache_args(parser, args)
+    return hy_config.sanity_check_args(args)
 
 
 def _is_main_rank() -> bool:
@@ -655,6 +809,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "(or pass --diffusers-model to use diffusers' HunyuanVideoPipeline)", file=sys.stderr)
         return 2
     args = parse_args(argv)
+    prompts = _prompts(args)
     from hyvideo.inference import HunyuanVideoSampler
 
     logger.info(args)
@@ -665,27 +820,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     sampler = HunyuanVideoSampler.from_pretrained(models_root_path, args=args)
     args = sampler.args
-    cache = enable_teacache(sampler.pipeline.transformer, rel_l1_thresh=args.rel_l1_thresh)
-    cache.reset(args.infer_steps)
-
-    start = time.perf_counter()
-    outputs = sampler.predict(
-        prompt=args.prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
-        seed=args.seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps, guidance_scale=args.cfg_scale,
-        num_videos_per_prompt=args.num_videos, flow_shift=args.flow_shift, batch_size=args.batch_size,
-        embedded_guidance_scale=args.embedded_cfg_scale,
-    )
-    generation_time = time.perf_counter() - start
-    logger.info(cache.summary())
-    if not _is_main_rank():
-        return 0
-    # upstream batches the videos of one prompt: they share one denoising run and so one set of decisions
-    report = {**cache.report(), "generation_time_s": generation_time,
-              "upstream_args": {k: v for k, v in vars(args).items() if k != "rel_l1_thresh"}}
-    for i, sample in enumerate(outputs["samples"]):
-        seed, prompt = outputs["seeds"][i], outputs["prompts"][i // args.num_videos]
-        _write_video_and_report(sample, save_path / _video_name(seed, prompt),
-                                {**report, "index": i, "seed": seed, "prompt": prompt})
+    transformer = sampler.pipeline.transformer
+    setting = {"video_size": list(args.video_size), "video_length": args.video_length, "flow_shift": args.flow_shift,
+               "cfg_scale": args.cfg_scale, "embedded_cfg_scale": args.embedded_cfg_scale}
+    cache = cache_from_args(args, transformer, args.infer_steps, setting)
+    upstream_args = {k: v for k, v in vars(args).items() if not (k == "rel_l1_thresh" or k.startswith("teacache_"))}
+    traces = []
+    for n, prompt in enumerate(prompts, 1):
+        cache.reset(args.infer_steps)
+        start = time.perf_counter()
+        outputs = sampler.predict(
+            prompt=prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
+            seed=args.seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps,
+            guidance_scale=args.cfg_scale, num_videos_per_prompt=args.num_videos, flow_shift=args.flow_shift,
+            batch_size=args.batch_size, embedded_guidance_scale=args.embedded_cfg_scale,
+        )
+        generation_time = time.perf_counter() - start
+        logger.info(f"prompt {n}/{len(prompts)}: {cache.summary()}")
+        traces.append(cache.stats())
+        if not _is_main_rank():
+            continue
+        # upstream batches the videos of one prompt: they share one denoising run and so one set of decisions
+        report = {**cache.report(), "generation_time_s": generation_time, "upstream_args": upstream_args}
+        for i, sample in enumerate(outputs["samples"]):
+            seed = outputs["seeds"][i]
+            _write_video_and_report(sample, save_path / _video_name(seed, prompt),
+                                    {**report, "index": i, "seed": seed, "prompt": prompt})
+    if args.teacache_calibrate:
+        finish_calibration(args, transformer, traces, setting)
     return 0
 
 
@@ -699,7 +861,7 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group = parser.add_argument_group(title="diffusers HunyuanVideo args")
     group.add_argument("--diffusers-model", required=True,
                        help="Local folder or hub id of a HunyuanVideoPipeline, e.g. hunyuanvideo-community/HunyuanVideo.")
-    group.add_argument("--prompt", type=str, required=True)
+    group.add_argument("--prompt", type=str, default=None)
     group.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
     group.add_argument("--video-size", type=int, nargs=2, default=(720, 1280), metavar=("HEIGHT", "WIDTH"))
     group.add_argument("--video-length", type=int, default=129, help="Number of frames.")
@@ -725,6 +887,8 @@ def diffusers_main(argv: Sequence[str]) -> int:
     parser = add_teacache_args(add_diffusers_args(_ArgumentParser(
         description="HunyuanVideo (diffusers) with TeaCache")))
     args = parser.parse_args(argv)
+    _check_teacache_args(parser, args)
+    prompts = _prompts(args)
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -741,24 +905,32 @@ def diffusers_main(argv: Sequence[str]) -> int:
         pipe.to(device)
     if args.vae_tiling:
         pipe.vae.enable_tiling()
-    cache = enable_teacache(pipe.transformer, rel_l1_thresh=args.rel_l1_thresh)
+    setting = {"video_size": list(args.video_size), "video_length": args.video_length,
+               "flow_shift": pipe.scheduler.config.get("shift"), "cfg_scale": args.cfg_scale,
+               "embedded_cfg_scale": args.embedded_cfg_scale}
+    cache = cache_from_args(args, pipe.transformer, args.infer_steps, setting)
     base_seed = args.seed if args.seed is not None else int(torch.randint(0, 1_000_000, ()).item())
-    for i in range(args.num_videos):
-        seed = base_seed + i
-        cache.reset(args.infer_steps)
-        start = time.perf_counter()
-        frames = pipe(
-            prompt=args.prompt, negative_prompt=args.neg_prompt, height=args.video_size[0], width=args.video_size[1],
-            num_frames=args.video_length, num_inference_steps=args.infer_steps, true_cfg_scale=args.cfg_scale,
-            guidance_scale=args.embedded_cfg_scale, generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="pt",
-        ).frames[0]  # (T, C, H, W) in [0, 1]
-        generation_time = time.perf_counter() - start
-        logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
-        report = {**cache.report(), "generation_time_s": generation_time, "index": i, "seed": seed,
-                  "prompt": args.prompt, "diffusers_args": vars(args)}
-        _write_video_and_report(frames.permute(1, 0, 2, 3), Path(args.save_path) / _video_name(seed, args.prompt),
-                                report, fps=args.fps)
+    traces = []
+    for prompt in prompts:
+        for i in range(args.num_videos):  # one denoising run (and report) per video
+            seed = base_seed + i
+            cache.reset(args.infer_steps)
+            start = time.perf_counter()
+            frames = pipe(
+                prompt=prompt, negative_prompt=args.neg_prompt, height=args.video_size[0],
+                width=args.video_size[1], num_frames=args.video_length, num_inference_steps=args.infer_steps,
+                true_cfg_scale=args.cfg_scale, guidance_scale=args.embedded_cfg_scale,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+            ).frames[0]  # (T, C, H, W) in [0, 1]
+            generation_time = time.perf_counter() - start
+            logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
+            traces.append(cache.stats())
+            report = {**cache.report(), "generation_time_s": generation_time, "index": i, "seed": seed,
+                      "prompt": prompt, "diffusers_args": vars(args)}
+            _write_video_and_report(frames.permute(1, 0, 2, 3), Path(args.save_path) / _video_name(seed, prompt),
+                                    report, fps=args.fps)
+    if args.teacache_calibrate:
+        finish_calibration(args, pipe.transformer, traces, setting)
     return 0
 
 

@@ -58,3 +58,41 @@ def test_bad_threshold_is_refused(pipeline_dir, tmp_path):
     with pytest.raises(SystemExit) as exc:
         run(pipeline_dir, tmp_path, "--rel-l1-thresh", "-0.5")
     assert exc.value.code == 2 and not any(tmp_path.iterdir())
+
+
+def test_calibrate_then_target_a_speedup(pipeline_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat walks on the grass\n\na dog runs along a sunny beach\n")
+    profile = tmp_path / "profile.json"
+    assert run(pipeline_dir, tmp_path / "calib", "--teacache-prompts", str(prompts),
+               "--teacache-calibrate", str(profile)) == 0
+    p = json.loads(profile.read_text())
+    assert p["num_steps"] == 8 and len(p["traces"]) == 2 and len(p["coefficients"]) == 5
+    assert p["model"]["class"] == "HunyuanVideoTransformer3DModel" and p["setting"]["video_size"] == [32, 32]
+    calib_reports = [json.loads(f.read_text()) for f in (tmp_path / "calib").glob("*.json")]
+    assert len(calib_reports) == 2 and all(r["skipped_steps"] == [] for r in calib_reports)
+
+    assert run(pipeline_dir, tmp_path / "fast", "--teacache-profile", str(profile), "--teacache-speedup", "2",
+               "--teacache-max-skips", "2", "--teacache-rule", "extrapolate") == 0
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "fast").glob("*.json")]
+    assert report["profile"] == str(profile) and report["target_speedup"] == 2.0
+    assert report["coefficients"] == p["coefficients"] and report["rule"] == "extrapolate"
+    assert report["max_consecutive_skips"] == 2 and report["ideal_speedup"] > 1
+
+
+def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
+    profile = tmp_path / "profile.json"
+    assert run(pipeline_dir, tmp_path / "calib", "--teacache-calibrate", str(profile)) == 0
+    with pytest.raises(ValueError, match="profile made for 8 steps, this run has 6"):
+        run(pipeline_dir, tmp_path / "x", "--teacache-profile", str(profile), "--infer-steps", "6")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--teacache-speedup", "2"], "needs --teacache-profile"),
+    (["--teacache-speedup", "0.5", "--teacache-profile", "x.json"], "--teacache-speedup"),
+    (["--teacache-profile", "missing.json"], "no such file"),
+])
+def test_inconsistent_flags_are_refused_before_loading(pipeline_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run(pipeline_dir, tmp_path, *flags)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

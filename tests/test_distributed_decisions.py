@@ -33,14 +33,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, port, mode, out_dir):
+OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_skips=1),
+           "extrapolate+trace": dict(rule="extrapolate", trace=True)}
+
+
+def _worker(rank, port, mode, out_dir, options):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         group = {"reduced": dist.group.WORLD, "coordinator": GroupCoordinatorLike(), "unreduced": None}[mode]
         model = FakeHunyuanTransformer()
         x, txt = make_inputs(img_tokens=24)
         shard = x.chunk(WORLD, dim=1)[rank]
-        cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=group)
+        cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=group, **options)
         out = sample(model, shard, txt, STEPS)
         torch.save(out, f"{out_dir}/{mode}_{rank}.pt")
         with open(f"{out_dir}/{mode}_{rank}.json", "w") as f:
@@ -49,32 +53,35 @@ def _worker(rank, port, mode, out_dir):
         dist.destroy_process_group()
 
 
-def _run(mode, tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), mode, str(tmp_path)), nprocs=WORLD, join=True,
+def _run(mode, tmp_path, options=None):
+    mp.start_processes(_worker, args=(_free_port(), mode, str(tmp_path), options or {}), nprocs=WORLD, join=True,
                        start_method="spawn")
     reports = [json.loads((tmp_path / f"{mode}_{r}.json").read_text()) for r in range(WORLD)]
     outs = [torch.load(tmp_path / f"{mode}_{r}.pt") for r in range(WORLD)]
     return reports, torch.cat(outs, dim=1)
 
 
-@pytest.fixture(scope="module")
-def single():
+def single(options):
     model = FakeHunyuanTransformer()
     x, txt = make_inputs(img_tokens=24)
-    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS)
+    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, **options)
     out = sample(model, x, txt, STEPS)
     return cache.report(), out
 
 
-@pytest.mark.parametrize("mode", ["reduced", "coordinator"])
-def test_ranks_take_identical_decisions_equal_to_single_process(mode, tmp_path, single):
-    (r0, r1), out = _run(mode, tmp_path)
-    ref, ref_out = single
+@pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
+                                          ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace")])
+def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
+    (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
+    ref, ref_out = single(OPTIONS[options])
     assert r0["computed_steps"] == r1["computed_steps"] == ref["computed_steps"]
     assert r0["skipped_steps"] == r1["skipped_steps"] == ref["skipped_steps"] != []
     assert r0["rel_l1"] == r1["rel_l1"]
     assert r0["rel_l1"][1:] == pytest.approx(ref["rel_l1"][1:], rel=1e-5)
     assert r0["sequence_parallel_reduced"] and r1["sequence_parallel_reduced"]
+    if "residual_rel_l1" in ref:  # calibration traces: every rank records the full-tensor values
+        assert r0["residual_rel_l1"] == r1["residual_rel_l1"]
+        assert r0["residual_rel_l1"][1:] == pytest.approx(ref["residual_rel_l1"][1:], rel=1e-5)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
 
 

@@ -70,11 +70,11 @@ def test_decisions_and_outputs_equal_reference_rule(thresh):
         assert stats["skipped_steps"], "the test trajectory should exercise skipping"
 
 
-@pytest.mark.parametrize("n_single", [2, 0])  # 0: the residual is taken after the last double block
-def test_skipped_step_adds_exactly_the_cached_residual(n_single):
-    model = FakeHunyuanTransformer(n_single=n_single)
+@pytest.mark.parametrize("n_double,n_single", [(2, 2), (2, 0), (1, 0)])  # no singles: residual after doubles
+def test_skipped_step_adds_exactly_the_cached_residual(n_double, n_single):
+    model = FakeHunyuanTransformer(n_double=n_double, n_single=n_single)
     x, txt = make_inputs()
-    plain = FakeHunyuanTransformer(n_single=n_single)
+    plain = FakeHunyuanTransformer(n_double=n_double, n_single=n_single)
     cache = tc.enable_teacache(model, 0.3, num_steps=STEPS)
     ts = timesteps(STEPS)
     residual = None
@@ -85,7 +85,7 @@ def test_skipped_step_adds_exactly_the_cached_residual(n_single):
         assert computed == (i in cache.stats()["computed_steps"])
         if computed:
             # a computed step runs every block: 0.75 * (0.5 * ... + k) chain, nothing cached added
-            assert model.block_calls() - calls == 2 + n_single
+            assert model.block_calls() - calls == n_double + n_single
             assert torch.equal(out, plain(x, t.expand(2), text_states=txt)["x"])
             residual = out - x
         else:

@@ -206,3 +206,22 @@ def test_cli_rejects_a_bad_threshold_in_one_line_before_loading(model_base, tmp_
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--rel-l1-thresh" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_calibrates_a_profile_and_hits_a_target_speedup(model_base, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat walks on the grass\na dog runs along a sunny beach\n")
+    profile = tmp_path / "profile.json"
+    proc = run_script(REPO / "teacache_sample_video.py", model_base, tmp_path / "calib",
+                      "--teacache-prompts", str(prompts), "--teacache-calibrate", str(profile))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = json.loads(profile.read_text())
+    assert p["model"]["class"] == "HYVideoDiffusionTransformer" and p["num_steps"] == STEPS
+    assert len(p["traces"]) == 2 and len(list((tmp_path / "calib").glob("*.mp4"))) == 2
+    proc = run_script(REPO / "teacache_sample_video.py", model_base, tmp_path / "fast",
+                      "--teacache-profile", str(profile), "--teacache-speedup", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "fast").glob("*.json")]
+    assert report["target_speedup"] == 2.0 and report["coefficients"] == p["coefficients"]
+    assert abs(report["predicted_computed_steps"] - STEPS / 2) <= 1
+    assert "target 2.0x -> rel_l1_thresh" in proc.stderr

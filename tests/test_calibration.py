@@ -1,0 +1,185 @@
+"""Calibration profiles, target speedup, warm-up, skip cap and the extrapolating rule (no checkout needed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from loguru import logger
+
+import teacache_sample_video as tc
+from fake_hunyuan import FakeHunyuanTransformer, make_inputs, sample, timesteps
+
+STEPS = 30
+
+
+def traced_run(model=None, steps=STEPS, seed=0):
+    model = model or FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 0.0, trace=True, num_steps=steps)
+    x, txt = make_inputs(seed=seed)
+    out = sample(model, x, txt, steps)
+    return model, cache, out
+
+
+def longest_skip_run(skipped):
+    run = best = 0
+    for i in range(max(skipped, default=-1) + 1):
+        run = run + 1 if i in skipped else 0
+        best = max(best, run)
+    return best
+
+
+# -- calibration ------------------------------------------------------------------
+
+def test_fit_recovers_known_coefficients_from_a_synthetic_trace():
+    known = (120.0, -40.0, 6.0, 0.3, 0.01)
+    x = np.random.default_rng(0).uniform(0.005, 0.3, 200)
+    fitted = tc.fit_coefficients(x, np.polyval(known, x))
+    np.testing.assert_allclose(fitted, known, rtol=1e-6, atol=1e-8)
+
+
+def test_trace_records_the_indicator_and_the_residual_change_without_changing_the_output():
+    _, cache, out = traced_run()
+    plain = FakeHunyuanTransformer()
+    x, txt = make_inputs()
+    assert torch.equal(out, sample(plain, x, txt, STEPS))
+    s = cache.stats()
+    assert s["skipped_steps"] == [] and len(s["rel_l1"]) == len(s["residual_rel_l1"]) == STEPS
+    assert s["rel_l1"][0] is None and s["residual_rel_l1"][0] is None
+    assert all(v > 0 for v in s["rel_l1"][1:] + s["residual_rel_l1"][1:])
+
+
+def test_profile_round_trip_and_refusals(tmp_path):
+    model, cache, _ = traced_run()
+    setting = {"video_size": [720, 1280], "video_length": 129}
+    profile = tc.make_profile([cache.stats()], transformer=model, setting=setting)
+    assert profile["num_steps"] == STEPS and len(profile["coefficients"]) == 5
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    loaded = tc.load_profile(path, transformer=FakeHunyuanTransformer(), num_steps=STEPS, setting=setting)
+    assert loaded == json.loads(json.dumps(profile))
+    with pytest.raises(ValueError, match="profile made for model"):
+        tc.load_profile(path, transformer=FakeHunyuanTransformer(n_double=3), num_steps=STEPS)
+    with pytest.raises(ValueError, match=f"profile made for {STEPS} steps, this run has 25"):
+        tc.load_profile(path, transformer=model, num_steps=25)
+    messages = []
+    sink = logger.add(messages.append, level="WARNING")
+    try:
+        tc.load_profile(path, transformer=model, num_steps=STEPS, setting={**setting, "video_size": [544, 960]})
+    finally:
+        logger.remove(sink)
+    assert any("video_size=[720, 1280], used here with video_size=[544, 960]" in m for m in messages)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a TeaCache profile"):
+        tc.load_profile(tmp_path / "bad.json")
+
+
+def test_calibrated_coefficients_fit_the_traced_pairs():
+    traces = [traced_run(seed=s)[1].stats() for s in range(2)]
+    model = FakeHunyuanTransformer()
+    profile = tc.make_profile(traces, transformer=model, setting={})
+    x = np.array([v for t in traces for v in t["rel_l1"][1:]])
+    y = np.array([v for t in traces for v in t["residual_rel_l1"][1:]])
+    fitted = np.polyval(profile["coefficients"], x)
+    assert np.abs(fitted - y).mean() < np.abs(y.mean() - y).mean()  # better than a constant
+
+
+# -- target speedup -------------------------------------------------------------
+
+@pytest.mark.parametrize("speedup", [1.25, 1.5, 2.0, 2.5, 3.0])
+def test_target_speedup_lands_within_one_computed_step(speedup):
+    _, cache, _ = traced_run()
+    trace = cache.stats()["rel_l1"]
+    config = tc.TeaCacheConfig(coefficients=(0.0, 0.0, 0.0, 1.0, 0.0))  # rescale = identity
+    thresh, predicted = tc.threshold_for_speedup([trace], speedup, config)
+    replayed = tc.replay(trace, tc.TeaCacheConfig(thresh, config.coefficients))
+    assert abs(len(replayed) - STEPS / speedup) <= 1
+    assert predicted == len(replayed)
+
+
+def test_replay_equals_the_live_decisions_on_the_same_trace():
+    # the fake model's indicator does not depend on skipping in its first steps; compare on a live run
+    model = FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 0.3, num_steps=STEPS)
+    x, txt = make_inputs()
+    sample(model, x, txt, STEPS)
+    s = cache.stats()
+    assert tc.replay(s["rel_l1"], cache.config) == s["computed_steps"]
+
+
+# -- control ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("warmup,cap", [(5, None), (1, 1), (4, 2), (1, 0)])
+def test_warmup_and_skip_cap_are_respected(warmup, cap):
+    model = FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 10.0, warmup_steps=warmup, max_consecutive_skips=cap, num_steps=STEPS)
+    x, txt = make_inputs()
+    sample(model, x, txt, STEPS)
+    s = cache.stats()
+    skipped = set(s["skipped_steps"])
+    assert not skipped & set(range(warmup)) and {STEPS - 2, STEPS - 1}.isdisjoint(skipped)
+    if cap is not None:
+        assert longest_skip_run(skipped) <= cap
+    if cap != 0:
+        assert skipped
+
+
+# -- the extrapolating rule --------------------------------------------------------
+
+def test_extrapolate_equals_reuse_when_the_extrapolation_term_is_zero():
+    """Same latents at every step: both computed residuals are the same tensor, so the extrapolation adds 0."""
+    outs = {}
+    x, txt = make_inputs()
+    for rule in ("reuse", "extrapolate"):
+        model = FakeHunyuanTransformer()
+        cache = tc.enable_teacache(model, 0.3, rule=rule, num_steps=STEPS)
+        outs[rule] = [model(x, t.expand(2), text_states=txt)["x"] for t in timesteps(STEPS)]
+        assert cache.stats()["skipped_steps"][-1] > cache.stats()["computed_steps"][1]  # some after two computed
+    assert all(torch.equal(a, b) for a, b in zip(outs["reuse"], outs["extrapolate"]))
+
+
+def test_extrapolate_adds_the_linear_extrapolation_of_the_last_two_residuals():
+    model = FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 0.3, rule="extrapolate", num_steps=STEPS)
+    seen = []  # (timestep, stack in, stack out) per step
+    x, txt = make_inputs()
+    orig_forward = model.forward
+
+    def spy(x_in, t, text_states=None, return_dict=True):
+        out = orig_forward(x_in, t, text_states=text_states, return_dict=return_dict)
+        seen.append((float(t[0]), x_in, out["x"]))
+        return out
+
+    model.forward = spy
+    sample(model, x, txt, STEPS)
+    s = cache.stats()
+    computed, checked = s["computed_steps"], 0
+    for step in s["skipped_steps"]:
+        before = [c for c in computed if c < step]
+        if len(before) < 2:
+            continue
+        (t0, i0, o0), (t1, i1, o1) = seen[before[-2]], seen[before[-1]]
+        t, x_in, out = seen[step]
+        expected = x_in + torch.lerp(o0 - i0, o1 - i1, (t - t0) / (t1 - t0))
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        checked += 1
+    assert checked
+
+
+def test_reports_carry_the_options():
+    model = FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 0.2, warmup_steps=3, max_consecutive_skips=2, rule="extrapolate",
+                               num_steps=STEPS)
+    cache.notes.update(profile="p.json", target_speedup=2.0)
+    x, txt = make_inputs()
+    sample(model, x, txt, STEPS)
+    r = cache.report()
+    assert (r["warmup_steps"], r["max_consecutive_skips"], r["rule"]) == (3, 2, "extrapolate")
+    assert r["profile"] == "p.json" and r["target_speedup"] == 2.0 and r["ideal_speedup"] >= 1
+
+
+@pytest.mark.parametrize("kw", [dict(warmup_steps=0), dict(max_consecutive_skips=-1), dict(rule="magic"),
+                                dict(coefficients=(float("nan"),)), dict(coefficients=())])
+def test_bad_options_are_refused(kw):
+    with pytest.raises(ValueError):
+        tc.TeaCacheConfig(**kw)
