@@ -9,7 +9,6 @@ step counter is the reference script's: ``num_steps = infer_steps - 1`` and it w
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
 PUBLISHED = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)

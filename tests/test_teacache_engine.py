@@ -144,6 +144,8 @@ def test_call_past_expected_steps_raises_instead_of_reusing_stale_residual():
     sample(model, x, txt, 3)
     with pytest.raises(RuntimeError, match="step 4 of a 3-step generation.*reset"):
         model(x, torch.full((2,), 10.0), text_states=txt)
+    cache.reset(3)  # and after a reset the next generation runs
+    sample(model, x, txt, 3)
 
 
 def test_call_before_reset_raises():

@@ -95,6 +95,7 @@ def test_skipped_step_adds_exactly_the_cached_residual(single_blocks):
     denoise(model, inputs)
     skipped = set(cache.stats()["skipped_steps"])
     assert skipped
+    residual = None
     for step, (stack_in, stack_out) in enumerate(seen):
         if step in skipped:
             assert torch.equal(stack_out, stack_in + residual)

@@ -66,7 +66,7 @@ def sample(call, inputs: dict, num_steps: int, negative: dict | None = None, tru
     return x
 
 
-def make_tiny_pipeline(root) -> "Path":
+def make_tiny_pipeline(root):
     """Save a tiny ``HunyuanVideoPipeline`` under ``root``: locally trained tokenizers, tiny Llama and CLIP text
     encoders, tiny VAE and transformer, all random. Loads with ``HunyuanVideoPipeline.from_pretrained(root)``."""
     from pathlib import Path

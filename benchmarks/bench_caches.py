@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Speed versus fidelity of step caches on diffusers' HunyuanVideo transformer, side by side.
+
+Every method runs the same prompts and seeds; each output is compared with the uncached output of the
+same prompt and seed. Methods: TeaCache (published coefficients; and with ``--calibrated`` coefficients
+fitted on separate calibration prompts; rules reuse and extrapolate) and diffusers' own FirstBlockCache,
+MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its setting.
+
+    python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
+    python3 benchmarks/bench_caches.py --model random    # a mid-size random-weight transformer
+
+Prints a table (computed steps = transformer calls whose block stack really ran, mean over runs; speedup =
+uncached wall time / method wall time; PSNR/SSIM against the uncached output; for the random model, on
+the raw output with the uncached output's range), and writes it as CSV, plus a speed-vs-PSNR plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import ast
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import teacache_sample_video as tc  # noqa: E402
+from tinyhv import metrics  # noqa: E402
+
+TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
+SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
+
+
+# -- subjects: what is generated --------------------------------------------------------------------------------
+
+class Trained:
+    """The shipped trained TinyHunyuanVideo; outputs are videos in [0, 1]."""
+
+    def __init__(self, steps):
+        from tinyhv import data
+        from tinyhv.model import TinyHunyuanVideo
+
+        self.model = TinyHunyuanVideo.from_pretrained()
+        self.transformer, self.steps, self.data_range = self.model.transformer, steps, 1.0
+        held_out = self.model.config.get("held_out") or []
+        prompts = [data.prompt_of(c) if hasattr(data, "prompt_of") else c for c in held_out][:4]
+        self.eval_runs = [(p, 1000 + i) for i, p in enumerate(prompts or ["a red circle moves left"])]
+        self.calib_runs = [("a blue square moves up", 7), ("a green triangle moves right", 8)]
+
+    def run(self, prompt_seed, cache=None):
+        prompt, seed = prompt_seed
+        return self.model.generate(prompt, seed=seed, num_steps=self.steps, cache=cache)
+
+
+class Random:
+    """A mid-size random-weight HunyuanVideoTransformer3DModel on fixed random conditioning; outputs are latents."""
+
+    CONFIG = dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, num_single_layers=8,
+                  text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=(8, 12, 12), in_channels=16,
+                  out_channels=16, patch_size=2)
+
+    def __init__(self, steps):
+        from tiny_diffusers import make_inputs, make_transformer, sample
+
+        self.transformer = make_transformer(seed=0, **self.CONFIG)
+        self._sample, self._inputs, self.steps = sample, make_inputs, steps
+        self.eval_runs, self.calib_runs, self.data_range = [0, 1], [10, 11], None
+
+    def run(self, seed, cache=None):
+        inputs = self._inputs(batch=1, frames=4, height=32, width=32, text_len=16, seed=seed)
+        inputs["hidden_states"] = torch.randn(1, 16, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+        inputs["encoder_hidden_states"] = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(seed + 1))
+        inputs["pooled_projections"] = torch.randn(1, 16, generator=torch.Generator().manual_seed(seed + 2))
+        if cache is not None:
+            cache.reset(self.steps)
+        with torch.no_grad():
+            return self._sample(self.transformer, inputs, self.steps)
+
+
+# -- methods ----------------------------------------------------------------------------------------------------
+
+def computed_counter(transformer):
+    """Counts transformer calls whose last block really ran (its attention's query projection is called)."""
+    blocks = list(transformer.single_transformer_blocks) or list(transformer.transformer_blocks)
+    count = [0]
+    blocks[-1].attn.to_q.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    return count
+
+
+def calibrate(subject):
+    """TeaCache profile and MagCache ratios from uncached runs on the calibration prompts/seeds."""
+    cache = tc.enable_teacache(subject.transformer, 0.0, trace=True)
+    traces = []
+    for run in subject.calib_runs:
+        subject.run(run, cache)
+        traces.append(cache.stats())
+    cache.disable()
+    profile = tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps})
+    from diffusers import MagCacheConfig
+
+    ratios = []
+    for run in subject.calib_runs:
+        subject.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=subject.steps))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), subject.transformer.cache_context("cond"):
+            subject.run(run)
+        subject.transformer._reset_stateful_cache()
+        subject.transformer.disable_cache()
+        ratios.append(ast.literal_eval(printed.getvalue().strip().splitlines()[-1]))
+    return profile, np.mean(ratios, axis=0).tolist()
+
+
+def methods(subject, profile, mag_ratios, quick):
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+    steps = subject.steps
+    pick = (lambda xs: xs[::2]) if quick else (lambda xs: xs)
+    yield "none", "-", None
+    for thresh in pick(TEACACHE_THRESHOLDS):
+        yield "teacache", thresh, dict(rel_l1_thresh=thresh)
+    for thresh in pick(TEACACHE_THRESHOLDS):
+        yield "teacache-extrapolate", thresh, dict(rel_l1_thresh=thresh, rule="extrapolate")
+    traces = [t["rel_l1"] for t in profile["traces"]]
+    for rule in ("reuse", "extrapolate"):
+        for s in pick(SPEEDUPS):
+            cfg = tc.TeaCacheConfig(coefficients=profile["coefficients"], rule=rule)
+            thresh, _ = tc.threshold_for_speedup(traces, s, cfg)
+            yield f"teacache-calibrated-{rule}", f"{s}x:{thresh:.3g}", dict(
+                rel_l1_thresh=thresh, coefficients=profile["coefficients"], rule=rule)
+    for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4]):
+        yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
+    for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.5]):
+        yield "diffusers-magcache", thresh, MagCacheConfig(threshold=thresh, num_inference_steps=steps,
+                                                           mag_ratios=mag_ratios)
+    for interval in pick([2, 3, 4, 5, 6]):
+        yield "diffusers-taylorseer", interval, TaylorSeerCacheConfig(
+            cache_interval=interval, disable_cache_before_step=3, taylor_factors_dtype=torch.float32)
+
+
+def generate(subject, config, run):
+    """One generation with ``config`` (None, TeaCache kwargs or a diffusers cache config); (output, seconds)."""
+    t = subject.transformer
+    cache = None
+    if isinstance(config, dict):
+        cache = tc.enable_teacache(t, **config)
+    elif config is not None:
+        t.enable_cache(config)
+    try:
+        start = time.perf_counter()
+        with t.cache_context("cond") if config is not None and cache is None else contextlib.nullcontext():
+            out = subject.run(run, cache)
+        return out, time.perf_counter() - start
+    finally:
+        if cache is not None:
+            cache.disable()
+        elif config is not None:
+            t._reset_stateful_cache()
+            t.disable_cache()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["trained", "random"], default="trained")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
+    parser.add_argument("--quick", action="store_true", help="every other setting only")
+    parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    subject = (Trained if args.model == "trained" else Random)(args.steps)
+    counter = computed_counter(subject.transformer)
+    profile, mag_ratios = calibrate(subject)
+
+    baseline, rows = {}, []
+    for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
+        psnrs, ssims, walls, computed = [], [], [], []
+        for run in subject.eval_runs:
+            times = []
+            for _ in range(args.repeats):
+                counter[0] = 0
+                out, seconds = generate(subject, config, run)
+                times.append(seconds)
+            walls.append(min(times))
+            computed.append(counter[0])
+            if name == "none":
+                baseline[str(run)] = (out, min(times))
+            ref, ref_time = baseline[str(run)]
+            rng = subject.data_range or float(ref.max() - ref.min())
+            if name != "none":
+                psnrs.append(metrics.psnr(_video(out), _video(ref), data_range=rng))
+                ssims.append(metrics.ssim(_video(out), _video(ref), data_range=rng))
+        speedup = sum(b[1] for b in baseline.values()) / sum(walls)
+        rows.append(dict(method=name, setting=setting, computed=float(np.mean(computed)), steps=args.steps,
+                         wall_s=float(np.mean(walls)), speedup=speedup,
+                         psnr=float(np.mean(psnrs)) if psnrs else math.inf,
+                         ssim=float(np.mean(ssims)) if ssims else 1.0))
+        r = rows[-1]
+        print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
+              f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}", flush=True)
+
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _video(x: torch.Tensor) -> torch.Tensor:
+    """(T, H, W, C) frames for SSIM: videos pass through, latents (B, C, T, H, W) become frames of channels."""
+    if x.dim() == 5:
+        return x[0].permute(1, 2, 3, 0)
+    return x
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
+        pts = sorted((r["steps"] / r["computed"], r["psnr"]) for r in rows if r["method"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("ideal speedup (steps / computed steps)")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
