@@ -888,6 +888,9 @@ def diffusers_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     _check_teacache_args(parser, args)
     prompts = _prompts(args)
+    import inspect
+
+    import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -907,6 +910,11 @@ def diffusers_main(argv: Sequence[str]) -> int:
     setting = {"video_size": list(args.video_size), "video_length": args.video_length,
                "flow_shift": pipe.scheduler.config.get("shift"), "cfg_scale": args.cfg_scale,
                "embedded_cfg_scale": args.embedded_cfg_scale}
+    true_cfg = {}
+    if args.cfg_scale != 1.0 or args.neg_prompt is not None:
+        if "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
+            parser.error(f"--cfg-scale/--neg-prompt need diffusers >= 0.33 (true CFG); this is {diffusers.__version__}")
+        true_cfg = dict(true_cfg_scale=args.cfg_scale, negative_prompt=args.neg_prompt)
     cache = cache_from_args(args, pipe.transformer, args.infer_steps, setting)
     base_seed = args.seed if args.seed is not None else int(torch.randint(0, 1_000_000, ()).item())
     traces = []
@@ -916,10 +924,9 @@ def diffusers_main(argv: Sequence[str]) -> int:
             cache.reset(args.infer_steps)
             start = time.perf_counter()
             frames = pipe(
-                prompt=prompt, negative_prompt=args.neg_prompt, height=args.video_size[0],
-                width=args.video_size[1], num_frames=args.video_length, num_inference_steps=args.infer_steps,
-                true_cfg_scale=args.cfg_scale, guidance_scale=args.embedded_cfg_scale,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+                prompt=prompt, height=args.video_size[0], width=args.video_size[1], num_frames=args.video_length,
+                num_inference_steps=args.infer_steps, guidance_scale=args.embedded_cfg_scale,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **true_cfg,
             ).frames[0]  # (T, C, H, W) in [0, 1]
             generation_time = time.perf_counter() - start
             logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
