@@ -627,34 +627,21 @@ def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_ste
 # --------------------------------------------------------------------------- #
 
 
-def _threshold(value: str) -> float:
-    try:
-        thresh = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not math.isfinite(thresh) or thresh < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return thresh
+def _number(convert: Callable, minimum: float, what: str) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting finite numbers >= ``minimum``."""
+    def parse(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if not (math.isfinite(number) and number >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
+    return parse
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return n
-
-
-def _speedup(value: str) -> float:
-    try:
-        s = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value!r}") from None
-    if not (math.isfinite(s) and s >= 1):
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value!r}")
-    return s
+_threshold = _number(float, 0, "a number >= 0")
+_speedup = _number(float, 1, "a number >= 1")
 
 
 def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -665,9 +652,9 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
              "0.1 ~ 1.6x, 0.15 ~ 2.1x (published, 50 steps); 0 turns caching off (output identical to "
              "sample_video.py).",
     )
-    group.add_argument("--teacache-warmup-steps", type=_positive_int, default=1, metavar="N",
+    group.add_argument("--teacache-warmup-steps", type=_number(int, 1, "an integer >= 1"), default=1, metavar="N",
                        help="Always compute the first N steps (default 1, the published rule).")
-    group.add_argument("--teacache-max-skips", type=_positive_int, default=None, metavar="K",
+    group.add_argument("--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), default=None, metavar="K",
                        help="Never skip more than K steps in a row (default: no cap).")
     group.add_argument("--teacache-rule", choices=RULES, default="reuse",
                        help="What a skipped step adds: 'reuse' the last residual (published) or 'extrapolate' it "

@@ -50,10 +50,11 @@ class Trained:
 
         self.model = TinyHunyuanVideo.from_pretrained()
         self.transformer, self.steps, self.data_range = self.model.transformer, steps, 1.0
-        held_out = self.model.config.get("held_out") or []
-        prompts = [data.prompt_of(c) if hasattr(data, "prompt_of") else c for c in held_out][:4]
-        self.eval_runs = [(p, 1000 + i) for i, p in enumerate(prompts or ["a red circle moves left"])]
-        self.calib_runs = [("a blue square moves up", 7), ("a green triangle moves right", 8)]
+        train, held_out = data.split()
+        # evaluation: every held-out colour+shape+direction triple, sizes and backgrounds alternating
+        self.eval_runs = [(held_out[5 * i % len(held_out)].prompt, 1000 + i) for i in range(8)]
+        # calibration (TeaCache profile, MagCache ratios): other prompts and seeds, from the training combinations
+        self.calib_runs = [(a.prompt, 2000 + i) for i, a in enumerate(train[::41][:4])]
 
     def run(self, prompt_seed, cache=None):
         prompt, seed = prompt_seed

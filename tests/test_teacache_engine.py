@@ -237,3 +237,11 @@ def test_cli_threshold_accepts_values():
     assert parser.parse_args([]).rel_l1_thresh == 0.15
     assert parser.parse_args(["--rel-l1-thresh", "0"]).rel_l1_thresh == 0.0
     assert parser.parse_args(["--rel-l1-thresh", "0.1"]).rel_l1_thresh == 0.1
+
+
+@pytest.mark.parametrize("flags", [["--teacache-warmup-steps", "0"], ["--teacache-max-skips", "-1"],
+                                   ["--teacache-max-skips", "1.5"], ["--teacache-speedup", "0.9"]])
+def test_cli_rejects_bad_control_values(flags):
+    parser = tc.add_teacache_args(tc._ArgumentParser())
+    with pytest.raises(SystemExit):
+        parser.parse_args(flags)
