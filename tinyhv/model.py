@@ -1,0 +1,209 @@
+"""TinyHunyuanVideo: diffusers' HunyuanVideo transformer + a word-embedding text encoder + a flow-match sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import data
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The shipped weights; the JSON config with the same stem lies beside them.
+DEFAULT_ASSETS = ROOT / "assets" / "tiny_hunyuan_video.safetensors"
+
+#: diffusers ``HunyuanVideoTransformer3DModel`` arguments of the shipped model. Pixel space, so a 4x4 patch
+#: here plays the part of HunyuanVideo's 8x VAE + 2x2 patch: a 20x20 frame is 5x5 tokens, a clip 200 tokens.
+TRANSFORMER_CONFIG = dict(
+    in_channels=3, out_channels=3, num_attention_heads=4, attention_head_dim=32, num_layers=2, num_single_layers=4,
+    num_refiner_layers=1, mlp_ratio=4.0, patch_size=4, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+    text_embed_dim=64, pooled_projection_dim=64, rope_theta=256.0, rope_axes_dim=(8, 12, 12),
+)
+
+SIGMA_MIN = 0.05  # x0-prediction: the velocity's denominator is clamped here (training and sampling)
+NULL_TOKEN = "<null>"  # the whole "empty prompt" (classifier-free-guidance dropout during training)
+
+
+def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
+    """HunyuanVideo's flow-matching schedule: ``num_steps + 1`` noise levels from 1 to 0, with
+    ``sigma' = shift * s / (1 + (shift - 1) * s)`` (what ``FlowMatchEulerDiscreteScheduler(shift=...)`` uses)."""
+    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    return (shift * s / (1 + (shift - 1) * s)).float()
+
+
+class TinyTextEncoder(nn.Module):
+    """Per-token states (``encoder_hidden_states`` + mask) and a pooled vector (``pooled_projections``)
+    from a learned embedding table over a fixed vocabulary; padding goes at the end, as diffusers'
+    HunyuanVideo attention mask expects."""
+
+    def __init__(self, vocab: Sequence[str], max_length: int = 10, dim: int = 64, pooled_dim: int = 64):
+        super().__init__()
+        self.vocab = list(vocab)
+        if self.vocab[0] != "<pad>" or NULL_TOKEN not in self.vocab:
+            raise ValueError("vocab must start with '<pad>' and contain '<null>'")
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.max_length = max_length
+        self.token_embedding = nn.Embedding(len(self.vocab), dim)
+        self.position_embedding = nn.Parameter(torch.zeros(max_length, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.pooled_proj = nn.Linear(dim, pooled_dim)
+        nn.init.normal_(self.token_embedding.weight, std=1.0)
+        nn.init.normal_(self.position_embedding, std=0.1)
+
+    def tokenize(self, prompts: Sequence[str]):
+        ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            words = prompt.lower().strip().rstrip(".").split() or [NULL_TOKEN]
+            if len(words) > self.max_length:
+                raise ValueError(f"prompt longer than {self.max_length} words: {prompt!r}")
+            unknown = [w for w in words if w not in self.index or w == "<pad>"]
+            if unknown:
+                raise ValueError(f"words outside the vocabulary {unknown} in {prompt!r}; known: "
+                                 f"{' '.join(w for w in self.vocab if not w.startswith('<'))}")
+            ids[i, :len(words)] = torch.tensor([self.index[w] for w in words])
+            mask[i, :len(words)] = True
+        return ids, mask
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
+        states = self.norm(self.token_embedding(ids) + self.position_embedding[: ids.shape[1]])
+        m = mask.unsqueeze(-1).to(states.dtype)
+        pooled = self.pooled_proj((states * m).sum(1) / m.sum(1).clamp_min(1))
+        return states * m, pooled
+
+
+class TinyHunyuanVideo(nn.Module):
+    """The transformer, the text encoder and the sampler of the tiny model."""
+
+    def __init__(self, config: Optional[dict] = None):
+        super().__init__()
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        config = json.loads(json.dumps(config or self.default_config()))  # deep copy, JSON-clean
+        self.config = config
+        self.transformer = HunyuanVideoTransformer3DModel(**config["transformer"])
+        te = config["text_encoder"]
+        self.text_encoder = TinyTextEncoder(config["vocab"], te["max_length"], te["dim"], te["pooled_dim"])
+
+    @staticmethod
+    def default_config() -> dict:
+        return {
+            "transformer": dict(TRANSFORMER_CONFIG),
+            "text_encoder": {"max_length": 10, "dim": TRANSFORMER_CONFIG["text_embed_dim"],
+                             "pooled_dim": TRANSFORMER_CONFIG["pooled_projection_dim"]},
+            "vocab": ["<pad>", NULL_TOKEN, *[w for w in data.VOCAB if w != "<pad>"]],
+            "video": {"frames": data.FRAMES, "height": data.HEIGHT, "width": data.WIDTH, "channels": 3,
+                      "value_range": [-1, 1], "space": "pixel"},
+            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0},
+            "data": {"shapes": list(data.SHAPES), "colours": data.COLOURS, "directions": list(data.DIRECTIONS),
+                     "sizes": data.SIZES, "backgrounds": data.BACKGROUNDS, "travel_px": data.TRAVEL,
+                     "path_jitter_px": {"across": data.JITTER[0], "along": data.JITTER[1]},
+                     "grammar": "a {size} {colour} {shape} moves {direction} on a {background} background",
+                     "held_out_triples": [list(t) for t in data.HELD_OUT_TRIPLES]},
+        }
+
+    # -- persistence -------------------------------------------------------- #
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path] = DEFAULT_ASSETS) -> "TinyHunyuanVideo":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = json.loads(path.with_suffix(".json").read_text())
+        model = cls(config)
+        model.load_state_dict(load_file(str(path)))
+        return model.eval().requires_grad_(False)
+
+    def save_pretrained(self, path: Union[str, Path] = DEFAULT_ASSETS, extra: Optional[dict] = None) -> Path:
+        """Weights to ``path`` (safetensors), config (+ ``extra``, e.g. training facts) to ``path.json``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(path)
+        config = {**self.config, **(extra or {})}
+        path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+    # -- conditioning ------------------------------------------------------- #
+    @property
+    def video_shape(self):
+        v = self.config["video"]
+        return v["frames"], v["height"], v["width"]
+
+    def encode(self, prompts: Union[str, Sequence[str]]) -> Dict[str, torch.Tensor]:
+        """The transformer's text inputs for ``prompts``: ``encoder_hidden_states``, ``encoder_attention_mask``,
+        ``pooled_projections``."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids, mask = self.text_encoder.tokenize(prompts)
+        device = next(self.parameters()).device
+        states, pooled = self.text_encoder(ids.to(device), mask.to(device))
+        return {"encoder_hidden_states": states, "encoder_attention_mask": mask.to(device),
+                "pooled_projections": pooled}
+
+    @property
+    def prediction(self) -> str:
+        """What the transformer outputs: ``"velocity"`` (``noise - x0``, as HunyuanVideo) or ``"sample"`` (``x0``;
+        the velocity is then ``(x_t - x0) / max(sigma, SIGMA_MIN)``, as in JiT, Li & He 2025)."""
+        return self.config.get("prediction", "velocity")
+
+    def velocity(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
+                 guidance: float) -> torch.Tensor:
+        """One transformer call: the flow ``noise - x0`` at noise level ``sigma`` (timestep = 1000 sigma)."""
+        b = x.shape[0]
+        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
+        out = self.transformer(hidden_states=x, timestep=sig * 1000, encoder_hidden_states=cond["encoder_hidden_states"],
+                               encoder_attention_mask=cond["encoder_attention_mask"],
+                               pooled_projections=cond["pooled_projections"],
+                               guidance=torch.full((b,), guidance * 1000.0, dtype=x.dtype, device=x.device),
+                               return_dict=False)[0]
+        if self.prediction == "sample":
+            return (x - out) / sig.clamp_min(SIGMA_MIN).view(-1, 1, 1, 1, 1)
+        return out
+
+    # -- sampling ----------------------------------------------------------- #
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """``(B, 3, T, H, W)`` standard normal noise, one generator per seed (batching never changes a sample)."""
+        t, h, w = self.video_shape
+        return torch.stack([torch.randn(3, t, h, w, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    @torch.no_grad()
+    def generate(self, prompt: Union[str, Sequence[str]], seed: int = 0, num_steps: Optional[int] = None,
+                 guidance: Optional[float] = None, shift: Optional[float] = None, cache=None,
+                 cfg_scale: float = 1.0, return_latents: bool = False) -> torch.Tensor:
+        """Sample a clip: ``(T, H, W, 3)`` float in [0, 1] (``(B, T, H, W, 3)`` for a list of prompts; prompt i
+        uses seed ``seed + i``). Euler flow matching on HunyuanVideo's shifted schedule, one transformer call
+        per step (the guidance scale goes in through the guidance embedding, as in HunyuanVideo's
+        guidance-distilled model). ``cache``: the handle of ``enable_teacache(self.transformer, ...)``;
+        it is ``reset(num_steps)`` here. ``cfg_scale`` > 1: classifier-free guidance against the empty prompt
+        (the model saw it in 10% of training), batched into the same single call per step as upstream
+        HunyuanVideo batches it (twice the tokens). ``return_latents``: the raw ``(B, 3, T, H, W)`` output."""
+        s = self.config["sampling"]
+        num_steps = s["num_steps"] if num_steps is None else int(num_steps)
+        guidance = s["guidance"] if guidance is None else float(guidance)
+        shift = s["shift"] if shift is None else float(shift)
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        use_cfg = cfg_scale != 1.0
+        cond = self.encode(prompts + [""] * len(prompts) if use_cfg else prompts)
+        device = cond["pooled_projections"].device
+        x = self.initial_noise([seed + i for i in range(len(prompts))]).to(device)
+        sigmas = flow_sigmas(num_steps, shift).tolist()
+        if cache is not None:
+            cache.reset(num_steps)
+        for i in range(num_steps):
+            if use_cfg:
+                v_cond, v_uncond = self.velocity(torch.cat([x, x]), sigmas[i], cond, guidance).chunk(2)
+                v = v_uncond + cfg_scale * (v_cond - v_uncond)
+            else:
+                v = self.velocity(x, sigmas[i], cond, guidance)
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        if return_latents:
+            return x
+        video = data.from_model_layout(((x + 1) / 2).clamp(0, 1))
+        return video[0] if single else video
