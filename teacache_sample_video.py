@@ -43,6 +43,12 @@ __all__ = [
     "TeaCache",
     "enable_teacache",
     "teacache_decision",
+    "replay",
+    "threshold_for_speedup",
+    "fit_coefficients",
+    "model_identity",
+    "make_profile",
+    "load_profile",
     "add_teacache_args",
     "main",
 ]
