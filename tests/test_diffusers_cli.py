@@ -96,3 +96,32 @@ def test_inconsistent_flags_are_refused_before_loading(pipeline_dir, tmp_path, c
     with pytest.raises(SystemExit) as exc:
         run(pipeline_dir, tmp_path, *flags)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_diffusers_offloading_composes_with_the_cache(pipeline_dir, offload):
+    """accelerate's offload hooks replace the transformer's (or every leaf's) forward on the instance; the
+    cache must take the same decisions and give the same frames. On this CPU machine the "device" is the CPU
+    (the hooks' mechanics are the same as with an accelerator); sequential offload is applied to the transformer
+    (accelerate's own sequential offload of the tiny Llama fails on CPU, which has nothing to do with the cache)."""
+    import torch
+    from accelerate import cpu_offload
+    from diffusers import HunyuanVideoPipeline
+
+    def generate(setup):
+        pipe = HunyuanVideoPipeline.from_pretrained(pipeline_dir)
+        setup(pipe)
+        cache = tc.enable_teacache(pipe.transformer, 0.3, num_steps=8)
+        frames = pipe(prompt="a cat walks on the grass", height=32, width=32, num_frames=5, num_inference_steps=8,
+                      generator=torch.Generator("cpu").manual_seed(3), output_type="pt").frames
+        return frames, cache.stats()["skipped_steps"], pipe
+
+    plain, plain_skipped, _ = generate(lambda pipe: None)
+    if offload == "model":
+        frames, skipped, pipe = generate(lambda pipe: pipe.enable_model_cpu_offload(device="cpu"))
+        assert "forward" in vars(pipe.transformer)  # accelerate's hook sits on the instance
+    else:
+        frames, skipped, pipe = generate(lambda pipe: cpu_offload(pipe.transformer, torch.device("cpu")))
+        assert pipe.transformer.transformer_blocks[0].norm1.linear.weight.device.type == "meta"
+    assert skipped == plain_skipped != []
+    assert torch.equal(frames, plain)
