@@ -8,7 +8,7 @@ Generates the same clip (same seed) without and with TeaCache (the published Hun
 coefficients), prints the steps TeaCache computed, the measured wall-clock speedup and the PSNR /
 SSIM of the cached clip against the uncached one, and writes them side by side (uncached left,
 TeaCache right) to ``--out`` (.mp4 or .gif). The model (assets/tiny_hunyuan_video.safetensors) is
-diffusers' HunyuanVideoTransformer3DModel trained on 8-frame 20x20 clips of moving shapes
+diffusers' HunyuanVideoTransformer3DModel trained on 8-frame 16x16 clips of moving shapes
 (see tinyhv/); "a red circle moves left" is a combination it never saw in training.
 """
 

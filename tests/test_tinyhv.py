@@ -68,7 +68,7 @@ def test_generate_shape_range_determinism(model):
     a = model.generate(PROMPT, seed=3, num_steps=4)
     b = model.generate(PROMPT, seed=3, num_steps=4)
     c = model.generate(PROMPT, seed=4, num_steps=4)
-    assert a.shape == (8, 20, 20, 3) and a.dtype == torch.float32
+    assert a.shape == (*model.video_shape, 3) == (8, 16, 16, 3) and a.dtype == torch.float32
     assert a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
     batch = model.generate([PROMPT, PROMPT], seed=3, num_steps=4)  # prompt i gets seed + i
@@ -128,7 +128,7 @@ def test_judge_reads_rendered_clips_perfectly():
     videos = ((data.render_batch(attrs, data.random_starts(attrs, g)) + 1) / 2).clamp(0, 1)
     result = score(list(videos), attrs)
     assert result["accuracy"]["all five"] == 1.0, [r for r in result["samples"] if not all(r["ok"].values())]
-    blank = torch.full((8, 20, 20, 3), 0.1)
+    blank = torch.full((8, 16, 16, 3), 0.1)
     assert describe(blank)["shape"] is None
 
 
@@ -157,7 +157,7 @@ def test_ssim_identical_and_constant_frames():
     c1 = 0.01 ** 2
     expected = (2 * 0.5 * 0.25 + c1) / (0.5 ** 2 + 0.25 ** 2 + c1)
     assert ssim(torch.full((2, 12, 12, 1), 0.5), torch.full((2, 12, 12, 1), 0.25)) == pytest.approx(expected)
-    # y = 1 - x (same mean 0.5 when x is balanced, correlation -1): contrast-structure term = (C2 - 2 var) / (2 var + C2)
+    # y = 1 - x (correlation -1, equal variances): contrast-structure term = (C2 - 2 var) / (2 var + C2)
     x = torch.zeros(1, 11, 11, 1)
     x[..., ::2, :, :] = 1.0  # alternating rows; 11x11 window -> one SSIM position
     w = gaussian_window()

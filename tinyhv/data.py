@@ -6,7 +6,7 @@ size (small, big) sliding in a straight line (left, right, up, down) over a plai
 
     a {size} {colour} {shape} moves {direction} on a {background} background
 
-Clips are ``(T, H, W, 3)`` float tensors in [-1, 1] (8 frames of 20x20), rendered with 4x4
+Clips are ``(T, H, W, 3)`` float tensors in [-1, 1] (8 frames of 16x16), rendered with 4x4
 supersampling so edges are anti-aliased. Everything is deterministic given a seed.
 """
 
@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-FRAMES, HEIGHT, WIDTH = 8, 20, 20
+FRAMES, HEIGHT, WIDTH = 8, 16, 16
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # RGB in [0, 1]
@@ -28,11 +28,11 @@ COLOURS = {  # RGB in [0, 1]
     "yellow": (0.95, 0.85, 0.10),
 }
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # (dx, dy), y down
-SIZES = {"small": 6.0, "big": 10.0}  # side of the shape's bounding box in pixels
+SIZES = {"small": 6.0, "big": 9.0}  # side of the shape's bounding box in pixels
 BACKGROUNDS = {"dark": 0.10, "light": 0.85}  # grey level
 
 #: How far the centre moves over the clip, in pixels (from the first to the last frame).
-TRAVEL = 8.0
+TRAVEL = 6.0
 
 #: How far (pixels, uniform +-) the path may sit off the frame centre: (across the motion, along it).
 #: Small on purpose: a 2-core CPU trains the model in minutes when where-is-the-shape is nearly fixed;

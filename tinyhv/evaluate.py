@@ -7,7 +7,7 @@
 A rule-based judge reads each sample: the background is the per-frame median colour, the
 foreground the largest connected blob of pixels far from it; colour = nearest palette entry to
 the blob's core mean colour, direction = sign of the dominant axis of the centroid's first->last
-frame displacement (at least 2 px), size = bounding-box extent (< 8 px small), shape = triangle
+frame displacement (at least 2 px), size = bounding-box extent (< 7.5 px small), shape = triangle
 when the upper half of the bounding box holds < 39% of the blob's coverage (apex-up triangle
 ~0.25-0.35, circle and square ~0.5), else square when the blob fills > 92% of its bounding box
 (square >= 0.95, circle <= 0.89). On rendered clips the judge is 100% right (``--ground-truth``).
@@ -33,7 +33,7 @@ ATTRIBUTES = ("colour", "shape", "direction", "size", "background")
 BAR_ATTRIBUTES = ("colour", "shape", "direction")
 FG_DISTANCE = 0.3  # RGB distance from the background (in [0, 1] units) that makes a pixel foreground
 MIN_TRAVEL_PX = 2.0
-SIZE_SPLIT_PX = 8.0
+SIZE_SPLIT_PX = 7.5
 TRIANGLE_TOP = 0.39  # coverage fraction in the upper half of the bounding box below which it is a triangle
 SQUARE_FILL = 0.92  # else: fraction of the bounding box the blob fills above which it is a square
 
@@ -125,7 +125,8 @@ def score(videos: Sequence, attrs: Sequence[data.Attributes]) -> Dict:
         d = describe(v)
         ok = {k: d[k] == getattr(a, k) for k in ATTRIBUTES}
         rows.append({"prompt": a.prompt, "seen": {k: d.get(k) for k in ATTRIBUTES}, "ok": ok,
-                     "fill": d.get("fill"), "top": d.get("top"), "extent": d.get("extent"), "displacement": d.get("displacement"),
+                     "fill": d.get("fill"), "top": d.get("top"), "extent": d.get("extent"),
+                     "displacement": d.get("displacement"),
                      "rgb": d.get("rgb")})
     n = len(rows)
     acc = {k: sum(r["ok"][k] for r in rows) / n for k in ATTRIBUTES}
@@ -168,7 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (batched, one call/step)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance (batched, one call/step); default: the model's sampling config")
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ground-truth", action="store_true", help="judge rendered clips instead of samples")

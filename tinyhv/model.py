@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The shipped weights; the JSON config with the same stem lies beside them.
 DEFAULT_ASSETS = ROOT / "assets" / "tiny_hunyuan_video.safetensors"
 
-#: diffusers ``HunyuanVideoTransformer3DModel`` arguments of the shipped model. Pixel space, so a 4x4 patch
-#: here plays the part of HunyuanVideo's 8x VAE + 2x2 patch: a 20x20 frame is 5x5 tokens, a clip 200 tokens.
+#: diffusers ``HunyuanVideoTransformer3DModel`` arguments of the shipped model. Pixel space: a 2x2x2 (t, h, w)
+#: patch makes an 8-frame 16x16 clip 4 x 8 x 8 = 256 tokens (HunyuanVideo: 4x temporal VAE, patch_size_t 1).
 TRANSFORMER_CONFIG = dict(
     in_channels=3, out_channels=3, num_attention_heads=4, attention_head_dim=32, num_layers=2, num_single_layers=4,
-    num_refiner_layers=1, mlp_ratio=4.0, patch_size=4, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+    num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=2, qk_norm="rms_norm", guidance_embeds=True,
     text_embed_dim=64, pooled_projection_dim=64, rope_theta=256.0, rope_axes_dim=(8, 12, 12),
 )
 
@@ -97,7 +97,8 @@ class TinyHunyuanVideo(nn.Module):
             "vocab": ["<pad>", NULL_TOKEN, *[w for w in data.VOCAB if w != "<pad>"]],
             "video": {"frames": data.FRAMES, "height": data.HEIGHT, "width": data.WIDTH, "channels": 3,
                       "value_range": [-1, 1], "space": "pixel"},
-            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0},
+            "prediction": "velocity",
+            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0, "cfg_scale": 1.0},
             "data": {"shapes": list(data.SHAPES), "colours": data.COLOURS, "directions": list(data.DIRECTIONS),
                      "sizes": data.SIZES, "backgrounds": data.BACKGROUNDS, "travel_px": data.TRAVEL,
                      "path_jitter_px": {"across": data.JITTER[0], "along": data.JITTER[1]},
@@ -152,18 +153,26 @@ class TinyHunyuanVideo(nn.Module):
         the velocity is then ``(x_t - x0) / max(sigma, SIGMA_MIN)``, as in JiT, Li & He 2025)."""
         return self.config.get("prediction", "velocity")
 
-    def velocity(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
-                 guidance: float) -> torch.Tensor:
-        """One transformer call: the flow ``noise - x0`` at noise level ``sigma`` (timestep = 1000 sigma)."""
+    def raw(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
+            guidance: Union[float, torch.Tensor]) -> torch.Tensor:
+        """One transformer call at noise level ``sigma`` (timestep = 1000 sigma, guidance embedding input =
+        1000 guidance, as diffusers' HunyuanVideo pipeline scales both); its output (see ``prediction``)."""
         b = x.shape[0]
         sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
-        out = self.transformer(hidden_states=x, timestep=sig * 1000, encoder_hidden_states=cond["encoder_hidden_states"],
-                               encoder_attention_mask=cond["encoder_attention_mask"],
-                               pooled_projections=cond["pooled_projections"],
-                               guidance=torch.full((b,), guidance * 1000.0, dtype=x.dtype, device=x.device),
-                               return_dict=False)[0]
+        g = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
+        return self.transformer(hidden_states=x, timestep=sig * 1000,
+                                encoder_hidden_states=cond["encoder_hidden_states"],
+                                encoder_attention_mask=cond["encoder_attention_mask"],
+                                pooled_projections=cond["pooled_projections"], guidance=g * 1000,
+                                return_dict=False)[0]
+
+    def velocity(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
+                 guidance: Union[float, torch.Tensor]) -> torch.Tensor:
+        """One transformer call: the flow ``noise - x0`` at noise level ``sigma``."""
+        out = self.raw(x, sigma, cond, guidance)
         if self.prediction == "sample":
-            return (x - out) / sig.clamp_min(SIGMA_MIN).view(-1, 1, 1, 1, 1)
+            sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
+            return (x - out) / sig.clamp_min(SIGMA_MIN)
         return out
 
     # -- sampling ----------------------------------------------------------- #
@@ -175,18 +184,20 @@ class TinyHunyuanVideo(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: Union[str, Sequence[str]], seed: int = 0, num_steps: Optional[int] = None,
                  guidance: Optional[float] = None, shift: Optional[float] = None, cache=None,
-                 cfg_scale: float = 1.0, return_latents: bool = False) -> torch.Tensor:
+                 cfg_scale: Optional[float] = None, return_latents: bool = False) -> torch.Tensor:
         """Sample a clip: ``(T, H, W, 3)`` float in [0, 1] (``(B, T, H, W, 3)`` for a list of prompts; prompt i
         uses seed ``seed + i``). Euler flow matching on HunyuanVideo's shifted schedule, one transformer call
-        per step (the guidance scale goes in through the guidance embedding, as in HunyuanVideo's
-        guidance-distilled model). ``cache``: the handle of ``enable_teacache(self.transformer, ...)``;
-        it is ``reset(num_steps)`` here. ``cfg_scale`` > 1: classifier-free guidance against the empty prompt
-        (the model saw it in 10% of training), batched into the same single call per step as upstream
-        HunyuanVideo batches it (twice the tokens). ``return_latents``: the raw ``(B, 3, T, H, W)`` output."""
+        per step. ``cache``: the handle of ``enable_teacache(self.transformer, ...)``; it is
+        ``reset(num_steps)`` here. ``cfg_scale`` (default: the config's ``sampling.cfg_scale``) > 1:
+        classifier-free guidance against the empty prompt (the model saw it in 10% of training), batched
+        into the same single call per step as upstream HunyuanVideo batches it (twice the rows; one
+        TeaCache decision for both, as upstream). ``guidance`` feeds the guidance embedding.
+        ``return_latents``: the raw ``(B, 3, T, H, W)`` output."""
         s = self.config["sampling"]
         num_steps = s["num_steps"] if num_steps is None else int(num_steps)
         guidance = s["guidance"] if guidance is None else float(guidance)
         shift = s["shift"] if shift is None else float(shift)
+        cfg_scale = s.get("cfg_scale", 1.0) if cfg_scale is None else float(cfg_scale)
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         use_cfg = cfg_scale != 1.0

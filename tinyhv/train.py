@@ -1,16 +1,25 @@
-"""Rectified-flow training of the tiny HunyuanVideo model on procedural shape clips (CPU, minutes).
+"""Rectified-flow training of the tiny HunyuanVideo model on procedural shape clips (CPU, about 1.5 hours).
 
-    OMP_WAIT_POLICY=PASSIVE python -m tinyhv.train --steps 3000 --batch-size 32 --out runs/tinyhv --max-minutes 40
+The shipped model (``assets/``) came from these two commands (the second continues the first's state)::
+
+    OMP_WAIT_POLICY=PASSIVE python -m tinyhv.train --steps 4000 --batch-size 16 --lr 1.5e-3 --prediction sample \
+        --out runs/tinyhv --log-every 50 --ckpt-every 100
+    OMP_WAIT_POLICY=PASSIVE python -m tinyhv.train --resume --steps 7000 --batch-size 16 --lr 1.5e-3 \
+        --cooldown 0.45 --prediction sample --max-minutes 92 --out runs/tinyhv --log-every 50 --ckpt-every 100
 
 (``OMP_WAIT_POLICY=PASSIVE`` keeps OpenMP threads from spinning: on a shared machine spinning made
 steps up to 6x slower.)
 
-Flow matching: ``x_t = (1 - t) x0 + t noise``, the transformer (timestep ``1000 t``) regresses
-``noise - x0``; ``t`` is logit-normal. AdamW, warmup then constant LR with a linear cool-down over
-the last 20% of steps, EMA of the weights (the exported model). Every ``--ckpt-every`` steps the full
+Flow matching: ``x_t = (1 - t) x0 + t noise``; the loss is the MSE of the flow ``noise - x0`` (the
+transformer, timestep ``1000 t``, outputs the flow or, with ``--prediction sample``, the clean clip from
+which the flow is derived); ``t`` is logit-normal; the empty prompt replaces the caption 10% of the time
+(classifier-free guidance). AdamW, warmup then constant LR with a linear cool-down over the last
+``--cooldown`` of progress, EMA of the weights (the exported model). Every ``--ckpt-every`` steps the full
 state goes to ``OUT/ckpt.pt`` (``--resume`` continues from it, bit-exactly up to thread timing) and
 the EMA weights are exported to ``OUT/tiny_hunyuan_video.safetensors`` (+ ``.json``), so an
-interrupted run is never lost. Copy that pair to ``assets/`` to ship it.
+interrupted run is never lost. Copy that pair to ``assets/`` to ship it. ``--distill-from`` instead
+teaches a copy of a trained model to give classifier-free guidance's result through the guidance
+embedding alone (one call per step, as HunyuanVideo's guidance-distilled weights).
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import shlex
@@ -74,10 +82,18 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=None, help="override num_attention_heads")
     p.add_argument("--single-layers", type=int, default=None, help="override num_single_layers")
     p.add_argument("--patch-size-t", type=int, default=None, help="override patch_size_t")
+    p.add_argument("--distill-from", type=Path, default=None,
+                   help="guidance distillation: start from this model (safetensors) and teach it to produce, from "
+                        "the guidance embedding alone, what classifier-free guidance of that frozen model gives")
+    p.add_argument("--guidance-min", type=float, default=1.0, help="distillation: guidance scales drawn from here...")
+    p.add_argument("--guidance-max", type=float, default=8.0, help="...to here (uniform)")
     p.add_argument("--prediction", choices=["velocity", "sample"], default="velocity",
                    help="transformer output: the flow (as HunyuanVideo) or the clean clip x0 (JiT); the loss is "
                         "the flow MSE either way")
     return p.parse_args(argv)
+
+
+MAX_GAP_S = 120.0  # see wall() in main
 
 
 def parse_jitter(text: str):
@@ -109,6 +125,22 @@ def flow_loss(model: TinyHunyuanVideo, x0: torch.Tensor, prompts, t: torch.Tenso
     return (pred - (noise - x0)).pow(2).mean()
 
 
+def distill_loss(model: TinyHunyuanVideo, teacher: TinyHunyuanVideo, x0: torch.Tensor, prompts, t: torch.Tensor,
+                 noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """MSE between the student's raw transformer output at guidance embedding ``scale`` and the frozen teacher's
+    classifier-free-guided output ``uncond + scale * (cond - uncond)`` (guidance is linear in the raw output for
+    both velocity and sample prediction, so this is guidance of the flow)."""
+    tt = t.view(-1, 1, 1, 1, 1)
+    xt = (1 - tt) * x0 + tt * noise
+    b = x0.shape[0]
+    with torch.no_grad():
+        cond = teacher.encode(list(prompts) + [""] * b)
+        both = teacher.raw(torch.cat([xt, xt]), torch.cat([t, t]), cond, torch.ones(2 * b))
+        c, u = both.chunk(2)
+        target = u + scale.view(-1, 1, 1, 1, 1) * (c - u)
+    return (model.raw(xt, t, model.encode(prompts), scale) - target).pow(2).mean()
+
+
 @torch.no_grad()
 def validation(model, batch, guidance) -> float:
     """Flow loss of a fixed batch at fixed noise levels (held-out combinations): a generalisation probe."""
@@ -125,7 +157,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logger.add(str(out / "train.log"), level="INFO")
     env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ)
-    command = env + "python -m tinyhv.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    cli = sys.argv[1:] if argv is None else argv
+    command = env + "python -m tinyhv.train " + " ".join(shlex.quote(a) for a in cli)
 
     torch.manual_seed(args.seed)
     config = TinyHunyuanVideo.default_config()
@@ -136,7 +169,16 @@ def main(argv=None) -> int:
         config["transformer"]["patch_size_t"] = args.patch_size_t
     if args.single_layers is not None:
         config["transformer"]["num_single_layers"] = args.single_layers
-    model = TinyHunyuanVideo(config).train()
+    teacher = None
+    if args.distill_from:
+        teacher = TinyHunyuanVideo.from_pretrained(args.distill_from)  # frozen, eval
+        config = json.loads(json.dumps(teacher.config))
+        config.pop("training", None)
+        model = TinyHunyuanVideo(config)
+        model.load_state_dict(teacher.state_dict())
+        model.train()
+    else:
+        model = TinyHunyuanVideo(config).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay_params = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     other_params = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -151,7 +193,7 @@ def main(argv=None) -> int:
     val_x, val_prompts = data.sample_batch(held_combos, 32, g_val)
     val_batch = (data.to_model_layout(val_x), val_prompts, torch.randn(32, 3, *val_x.shape[1:4], generator=g_val))
 
-    step, wall_before, history, commands = 0, 0.0, [], []
+    step, wall_before, paused_before, history, commands = 0, 0.0, 0.0, [], []
     ckpt_path = out / "ckpt.pt"
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
@@ -162,6 +204,7 @@ def main(argv=None) -> int:
         g_noise.set_state(state["g_noise"])
         step, wall_before, history = state["step"], state["wall_s"], state["history"]
         commands = state.get("commands", [])
+        paused_before = state.get("paused_s", 0.0)
         logger.info(f"resumed from {ckpt_path} at step {step}")
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,22 +212,38 @@ def main(argv=None) -> int:
                 f"{len(held_combos)} held out; {machine()}")
     commands.append({"command": command, "from_step": step})
     logger.info(f"command: {command}")
-    start = time.perf_counter()
+    clock = {"counted": wall_before, "last": time.perf_counter(), "paused": paused_before}
 
     def wall() -> float:
-        return wall_before + time.perf_counter() - start
+        """Training wall time: real time, except that a gap of more than MAX_GAP_S between two looks at the
+        clock (the process was suspended, e.g. SIGSTOP on a shared machine) counts as MAX_GAP_S."""
+        now = time.perf_counter()
+        gap = now - clock["last"]
+        clock["counted"] += min(gap, MAX_GAP_S)
+        clock["paused"] += max(0.0, gap - MAX_GAP_S)
+        clock["last"] = now
+        return clock["counted"]
 
     def save(final: bool = False) -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "g_data": g_data.get_state(), "g_noise": g_noise.get_state(), "step": step, "wall_s": wall(),
-                    "history": history, "commands": commands, "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
+                    "paused_s": clock["paused"], "history": history, "commands": commands,
+                    "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(ckpt_path)
         training = {"training": {
-            "command": commands[0]["command"], "commands": commands, "steps_done": step, "steps_planned": args.steps, "batch_size": args.batch_size,
-            "seed": args.seed, "finished": final, "time_budget_min": args.max_minutes, "wall_clock_s": round(wall(), 1), "machine": machine(),
-            "objective": "rectified flow: x_t = (1-t) x0 + t noise, target noise - x0, t ~ logit-normal("
-                         f"{args.logit_mean}, {args.logit_std}), prompt dropout {args.prompt_dropout}",
+            "command": commands[0]["command"], "commands": commands, "steps_done": step,
+            "steps_planned": args.steps, "batch_size": args.batch_size, "seed": args.seed, "finished": final,
+            "time_budget_min": args.max_minutes, "wall_clock_s": round(wall(), 1),
+            "suspended_s_not_counted": round(clock["paused"], 1), "machine": machine(),
+            "objective": (
+                "rectified flow: x_t = (1-t) x0 + t noise, loss = MSE of the flow noise - x0, t ~ logit-normal("
+                f"{args.logit_mean}, {args.logit_std}), prompt dropout {args.prompt_dropout}; the transformer "
+                f"predicts {config.get('prediction', 'velocity')}" if teacher is None else
+                f"guidance distillation from {args.distill_from.name}: the transformer's output with guidance "
+                f"embedding g matches the frozen model's classifier-free guidance (scale g against the empty "
+                f"prompt), g ~ U[{args.guidance_min}, {args.guidance_max}], x_t from training clips, "
+                f"t ~ logit-normal({args.logit_mean}, {args.logit_std})"),
             "optimizer": f"AdamW lr {args.lr} (warmup {args.warmup} steps, linear cool-down to 0 over the last "
                          f"{args.cooldown:.0%} of progress = max(step/steps, time/budget)), betas (0.9, 0.99), "
                          f"weight decay {args.weight_decay}, grad-norm clip 1.0",
@@ -215,7 +274,12 @@ def main(argv=None) -> int:
         x0 = data.to_model_layout(x)
         noise = torch.randn(x0.shape, generator=g_noise)
         t = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(args.batch_size, generator=g_noise))
-        loss = flow_loss(model, x0, prompts, t, noise, guidance)
+        if teacher is None:
+            loss = flow_loss(model, x0, prompts, t, noise, guidance)
+        else:
+            scale = args.guidance_min + (args.guidance_max - args.guidance_min) * torch.rand(args.batch_size,
+                                                                                           generator=g_noise)
+            loss = distill_loss(model, teacher, x0, [p or "" for p in prompts], t, noise, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -228,7 +292,7 @@ def main(argv=None) -> int:
             now = time.perf_counter()
             rec = {"step": step, "loss": running / n_running, "lr": lr, "progress": round(prog, 4),
                    "wall_s": round(wall(), 1)}
-            if step % args.ckpt_every == 0 or step == args.steps:
+            if (step % args.ckpt_every == 0 or step == args.steps) and teacher is None:
                 rec["val"] = validation(ema, val_batch, guidance)
             history.append(rec)
             per_step = (now - t_log) / n_running
