@@ -852,7 +852,8 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """The same flag names as upstream's sample_video.py where they mean the same thing."""
     group = parser.add_argument_group(title="diffusers HunyuanVideo args")
     group.add_argument("--diffusers-model", required=True,
-                       help="Local folder or hub id of a HunyuanVideoPipeline, e.g. hunyuanvideo-community/HunyuanVideo.")
+                       help="Local folder or hub id of a HunyuanVideoPipeline, "
+                            "e.g. hunyuanvideo-community/HunyuanVideo.")
     group.add_argument("--prompt", type=str, default=None)
     group.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
     group.add_argument("--video-size", type=int, nargs=2, default=(720, 1280), metavar=("HEIGHT", "WIDTH"))

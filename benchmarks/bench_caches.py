@@ -10,8 +10,10 @@ MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a s
     python3 benchmarks/bench_caches.py --model random    # a mid-size random-weight transformer
 
 Prints a table (computed steps = transformer calls whose block stack really ran, mean over runs; speedup =
-uncached wall time / method wall time; PSNR/SSIM against the uncached output; for the random model, on
-the raw output with the uncached output's range), and writes it as CSV, plus a speed-vs-PSNR plot.
+uncached wall time / method wall time, where the uncached run is timed again right after each timed run so
+that a shared machine's drift cancels, fastest of ``--repeats`` each; PSNR/SSIM against the uncached output,
+for the random model on the raw output with the uncached output's range), and writes it as CSV, plus plots of
+PSNR and SSIM against the ideal and the measured speedup (PNG).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import csv
 import io
 import ast
+import itertools
 import math
 import sys
 import time
@@ -132,10 +135,11 @@ def methods(subject, profile, mag_ratios, quick):
 
     steps = subject.steps
     pick = (lambda xs: xs[::2]) if quick else (lambda xs: xs)
+    thresholds = [0.1, 0.15, 0.3, 0.7] if quick else TEACACHE_THRESHOLDS
     yield "none", "-", None
-    for thresh in pick(TEACACHE_THRESHOLDS):
+    for thresh in thresholds:
         yield "teacache", thresh, dict(rel_l1_thresh=thresh)
-    for thresh in pick(TEACACHE_THRESHOLDS):
+    for thresh in thresholds:
         yield "teacache-extrapolate", thresh, dict(rel_l1_thresh=thresh, rule="extrapolate")
     traces = [t["rel_l1"] for t in profile["traces"]]
     for rule in ("reuse", "extrapolate"):
@@ -144,7 +148,7 @@ def methods(subject, profile, mag_ratios, quick):
             thresh, _ = tc.threshold_for_speedup(traces, s, cfg)
             yield f"teacache-calibrated-{rule}", f"{s}x:{thresh:.3g}", dict(
                 rel_l1_thresh=thresh, coefficients=profile["coefficients"], rule=rule)
-    for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4]):
+    for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
         yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
     for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.5]):
         yield "diffusers-magcache", thresh, MagCacheConfig(threshold=thresh, num_inference_steps=steps,
@@ -184,9 +188,19 @@ def main() -> int:
     parser.add_argument("--model", choices=["trained", "random"], default="trained")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
-    parser.add_argument("--quick", action="store_true", help="every other setting only")
+    parser.add_argument("--quick", action="store_true",
+                        help="TeaCache at 0.1, 0.15, 0.3, 0.7 and every other setting of the other methods")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache")
+    parser.add_argument("--replot", metavar="CSV", help="only redraw the plot of a CSV this script wrote")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot, newline="") as f:
+            rows = list(csv.DictReader(f))
+        model = Path(args.replot).stem.removeprefix("caches_")
+        plot(rows, Path(args.replot).with_suffix(".png"), f"{model} model, {rows[0]['steps']} steps")
+        return 0
     torch.manual_seed(0)
     subject = (Trained if args.model == "trained" else Random)(args.steps)
     counter = computed_counter(subject.transformer)
@@ -194,25 +208,31 @@ def main() -> int:
 
     baseline, rows = {}, []
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
-        psnrs, ssims, walls, computed, same = [], [], [], [], []
+        if args.methods and name not in ("none", *args.methods):
+            continue
+        psnrs, ssims, walls, base_walls, computed, same = [], [], [], [], [], []
         for run in subject.eval_runs:
-            times = []
+            times, base_times = [], []
             for _ in range(args.repeats):
                 counter[0] = 0
                 out, seconds = generate(subject, config, run)
+                n = counter[0]
                 times.append(seconds)
+                if name != "none":  # the uncached run again, right after: a shared machine's speed drifts
+                    base_times.append(generate(subject, None, run)[1])
             walls.append(min(times))
-            computed.append(counter[0])
+            base_walls.append(min(base_times or times))
+            computed.append(n)
             if name == "none":
-                baseline[str(run)] = (out, min(times))
-            ref, ref_time = baseline[str(run)]
+                baseline[str(run)] = out
+            ref = baseline[str(run)]
             rng = subject.data_range or float(ref.max() - ref.min())
             if name != "none":
                 psnrs.append(metrics.psnr(_video(out), _video(ref), data_range=rng))
                 ssims.append(metrics.ssim(_video(out), _video(ref), data_range=rng))
                 if hasattr(subject, "same_content"):
                     same.append(subject.same_content(out, ref))
-        speedup = sum(b[1] for b in baseline.values()) / sum(walls)
+        speedup = sum(base_walls) / sum(walls)
         rows.append(dict(method=name, setting=setting, computed=float(np.mean(computed)), steps=args.steps,
                          wall_s=float(np.mean(walls)), speedup=speedup,
                          psnr=float(np.mean(psnrs)) if psnrs else math.inf,
@@ -243,23 +263,29 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 
 
 def plot(rows, path, title):
+    """PSNR and SSIM (rows) against the ideal speedup (steps / computed steps: deterministic) and the measured
+    wall-clock speedup (columns), one curve per method, points in the order of its setting sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, label in zip(axes, ("psnr", "ssim"), ("PSNR vs uncached (dB)", "SSIM vs uncached")):
-        for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
-            pts = sorted((r["speedup"], r[key]) for r in rows if r["method"] == name)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        ax.set_xlabel("measured speedup (uncached wall time / wall time)")
-        ax.set_ylabel(label)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharey="row")
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
+        mine = [r for r in rows if r["method"] == name]
+        for (i, key), (j, speed) in itertools.product(enumerate(("psnr", "ssim")), enumerate(("ideal", "measured"))):
+            x = [float(r["steps"]) / float(r["computed"]) if speed == "ideal" else float(r["speedup"]) for r in mine]
+            axes[i][j].plot(x, [float(r[key]) for r in mine], marker="o", label=name)
+    for (i, label), (j, xlabel) in itertools.product(
+            enumerate(("PSNR vs uncached (dB)", "SSIM vs uncached")),
+            enumerate(("ideal speedup (steps / computed steps)", "measured speedup (uncached wall time / wall time)"))):
+        axes[i][j].set_xlabel(xlabel)
+        axes[i][j].set_ylabel(label)
+        axes[i][j].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
