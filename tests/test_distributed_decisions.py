@@ -49,6 +49,7 @@ def _worker(rank, port, mode, out_dir, options):
         torch.save(out, f"{out_dir}/{mode}_{rank}.pt")
         with open(f"{out_dir}/{mode}_{rank}.json", "w") as f:
             json.dump(cache.report(), f)
+        dist.barrier()  # leave together: a rank tearing gloo down while its peer still talks can abort (SIGABRT)
     finally:
         dist.destroy_process_group()
 

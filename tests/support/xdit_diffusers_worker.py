@@ -89,6 +89,9 @@ def main(argv=None) -> int:
         cache.disable()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(runs, args.out / ("single.pt" if args.single else f"rank{rank}.pt"))
+    if not args.single:
+        torch.distributed.barrier()  # leave together, then tear gloo down
+        torch.distributed.destroy_process_group()
     return 0
 
 
