@@ -87,6 +87,20 @@ def test_one_transformer_call_per_step(model):
     torch.testing.assert_close(torch.tensor(calls), flow_sigmas(5, 3.0)[:-1] * 1000)
 
 
+def test_classifier_free_guidance_is_batched_into_one_call_per_step(model):
+    rows = []
+    handle = model.transformer.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]),
+                                                         with_kwargs=True)
+    try:
+        guided = model.generate(PROMPT, seed=2, num_steps=4, cfg_scale=3.0)
+        plain = model.generate(PROMPT, seed=2, num_steps=4)
+    finally:
+        handle.remove()
+    assert rows == [2] * 4 + [1] * 4  # cond + uncond rows in one call; the shipped default is unguided
+    assert torch.equal(plain, model.generate(PROMPT, seed=2, num_steps=4, cfg_scale=1.0))
+    assert not torch.allclose(guided, plain)
+
+
 def test_teacache_on_the_trained_model(model):
     steps = 20
     plain = model.generate(PROMPT, seed=0, num_steps=steps)

@@ -20,6 +20,7 @@ CUDA is present at import.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,9 +90,9 @@ def main(argv=None) -> int:
         cache.disable()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(runs, args.out / ("single.pt" if args.single else f"rank{rank}.pt"))
-    if not args.single:
-        torch.distributed.barrier()  # leave together, then tear gloo down
-        torch.distributed.destroy_process_group()
+    if not args.single:  # in step with the peer, then exit without gloo's teardown (it can abort on CPU builds)
+        torch.distributed.barrier()
+        os._exit(0)
     return 0
 
 
