@@ -207,6 +207,7 @@ def main() -> int:
     profile, mag_ratios = calibrate(subject)
 
     baseline, rows = {}, []
+    judge = getattr(subject, "same_content", None)  # the trained model's content check; None for random weights
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
         if args.methods and name not in ("none", *args.methods):
             continue
@@ -230,15 +231,14 @@ def main() -> int:
             if name != "none":
                 psnrs.append(metrics.psnr(_video(out), _video(ref), data_range=rng))
                 ssims.append(metrics.ssim(_video(out), _video(ref), data_range=rng))
-                if hasattr(subject, "same_content"):
-                    same.append(subject.same_content(out, ref))
+                if judge:
+                    same.append(judge(out, ref))
         speedup = sum(base_walls) / sum(walls)
         rows.append(dict(method=name, setting=setting, computed=float(np.mean(computed)), steps=args.steps,
                          wall_s=float(np.mean(walls)), speedup=speedup,
                          psnr=float(np.mean(psnrs)) if psnrs else math.inf,
                          ssim=float(np.mean(ssims)) if ssims else 1.0,
-                         **({"same_content": float(np.mean(same)) if same else 1.0}
-                            if hasattr(subject, "same_content") else {})))
+                         **({"same_content": float(np.mean(same)) if same else 1.0} if judge else {})))
         r = rows[-1]
         print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"

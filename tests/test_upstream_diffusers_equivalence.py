@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from diffusers import HunyuanVideoTransformer3DModel  # noqa: E402
 
 from support import hyvideo_cpu as hc  # noqa: E402
-from tiny_diffusers import sigmas  # noqa: E402
+from tiny_diffusers import sample  # noqa: E402
 
 hc.add_hunyuanvideo_to_path()
 hc.install_cpu_standins()
@@ -129,17 +129,6 @@ def inputs(upstream):
     return up, diff
 
 
-def denoise(step_fn, x, steps=STEPS, outputs=None):
-    """Euler flow matching on HunyuanVideo's shifted schedule; ``step_fn(x, t)`` returns the velocity."""
-    sig = sigmas(steps)
-    for i in range(steps):
-        v = step_fn(x, (sig[i] * 1000).expand(x.shape[0]))
-        if outputs is not None:
-            outputs.append(v)
-        x = x + (sig[i + 1] - sig[i]) * v
-    return x
-
-
 def run_both(thresh, **options):
     upstream, diffusers = twin_models()
     up_in, diff_in = inputs(upstream)
@@ -148,9 +137,10 @@ def run_both(thresh, **options):
     caches = [tc.enable_teacache(m, thresh, num_steps=STEPS, **options) for m in (upstream, diffusers)]
     up_out, diff_out = [], []
     with torch.no_grad():
-        up_final = denoise(lambda x, t: upstream(x, t, **up_kw)["x"], x0, outputs=up_out)
-        diff_final = denoise(lambda x, t: diffusers(hidden_states=x, timestep=t, **diff_in, return_dict=False)[0],
-                             x0, outputs=diff_out)
+        # the same Euler loop for both; upstream's forward takes (x, t, ...) and returns {"x": ...}
+        up_final = sample(lambda hidden_states, timestep, **_: (upstream(hidden_states, timestep, **up_kw)["x"],),
+                          {"hidden_states": x0}, STEPS, outputs=up_out)
+        diff_final = sample(diffusers, {"hidden_states": x0, **diff_in}, STEPS, outputs=diff_out)
     return caches, (up_out, up_final), (diff_out, diff_final)
 
 

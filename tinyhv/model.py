@@ -153,26 +153,20 @@ class TinyHunyuanVideo(nn.Module):
         the velocity is then ``(x_t - x0) / max(sigma, SIGMA_MIN)``, as in JiT, Li & He 2025)."""
         return self.config.get("prediction", "velocity")
 
-    def raw(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
-            guidance: Union[float, torch.Tensor]) -> torch.Tensor:
-        """One transformer call at noise level ``sigma`` (timestep = 1000 sigma, guidance embedding input =
-        1000 guidance, as diffusers' HunyuanVideo pipeline scales both); its output (see ``prediction``)."""
+    def velocity(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
+                 guidance: float) -> torch.Tensor:
+        """One transformer call: the flow ``noise - x0`` at noise level ``sigma`` (timestep = 1000 sigma, guidance
+        embedding input = 1000 guidance, as diffusers' HunyuanVideo pipeline scales both)."""
         b = x.shape[0]
         sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
-        g = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
-        return self.transformer(hidden_states=x, timestep=sig * 1000,
-                                encoder_hidden_states=cond["encoder_hidden_states"],
-                                encoder_attention_mask=cond["encoder_attention_mask"],
-                                pooled_projections=cond["pooled_projections"], guidance=g * 1000,
-                                return_dict=False)[0]
-
-    def velocity(self, x: torch.Tensor, sigma: Union[float, torch.Tensor], cond: Dict[str, torch.Tensor],
-                 guidance: Union[float, torch.Tensor]) -> torch.Tensor:
-        """One transformer call: the flow ``noise - x0`` at noise level ``sigma``."""
-        out = self.raw(x, sigma, cond, guidance)
+        out = self.transformer(hidden_states=x, timestep=sig * 1000,
+                               encoder_hidden_states=cond["encoder_hidden_states"],
+                               encoder_attention_mask=cond["encoder_attention_mask"],
+                               pooled_projections=cond["pooled_projections"],
+                               guidance=torch.full((b,), guidance * 1000.0, dtype=x.dtype, device=x.device),
+                               return_dict=False)[0]
         if self.prediction == "sample":
-            sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
-            return (x - out) / sig.clamp_min(SIGMA_MIN)
+            return (x - out) / sig.clamp_min(SIGMA_MIN).view(-1, 1, 1, 1, 1)
         return out
 
     # -- sampling ----------------------------------------------------------- #

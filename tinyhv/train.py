@@ -17,16 +17,13 @@ which the flow is derived); ``t`` is logit-normal; the empty prompt replaces the
 ``--cooldown`` of progress, EMA of the weights (the exported model). Every ``--ckpt-every`` steps the full
 state goes to ``OUT/ckpt.pt`` (``--resume`` continues from it, bit-exactly up to thread timing) and
 the EMA weights are exported to ``OUT/tiny_hunyuan_video.safetensors`` (+ ``.json``), so an
-interrupted run is never lost. Copy that pair to ``assets/`` to ship it. ``--distill-from`` instead
-teaches a copy of a trained model to give classifier-free guidance's result through the guidance
-embedding alone (one call per step, as HunyuanVideo's guidance-distilled weights).
+interrupted run is never lost. Copy that pair to ``assets/`` to ship it.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import shlex
@@ -82,11 +79,6 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=None, help="override num_attention_heads")
     p.add_argument("--single-layers", type=int, default=None, help="override num_single_layers")
     p.add_argument("--patch-size-t", type=int, default=None, help="override patch_size_t")
-    p.add_argument("--distill-from", type=Path, default=None,
-                   help="guidance distillation: start from this model (safetensors) and teach it to produce, from "
-                        "the guidance embedding alone, what classifier-free guidance of that frozen model gives")
-    p.add_argument("--guidance-min", type=float, default=1.0, help="distillation: guidance scales drawn from here...")
-    p.add_argument("--guidance-max", type=float, default=8.0, help="...to here (uniform)")
     p.add_argument("--prediction", choices=["velocity", "sample"], default="velocity",
                    help="transformer output: the flow (as HunyuanVideo) or the clean clip x0 (JiT); the loss is "
                         "the flow MSE either way")
@@ -125,22 +117,6 @@ def flow_loss(model: TinyHunyuanVideo, x0: torch.Tensor, prompts, t: torch.Tenso
     return (pred - (noise - x0)).pow(2).mean()
 
 
-def distill_loss(model: TinyHunyuanVideo, teacher: TinyHunyuanVideo, x0: torch.Tensor, prompts, t: torch.Tensor,
-                 noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """MSE between the student's raw transformer output at guidance embedding ``scale`` and the frozen teacher's
-    classifier-free-guided output ``uncond + scale * (cond - uncond)`` (guidance is linear in the raw output for
-    both velocity and sample prediction, so this is guidance of the flow)."""
-    tt = t.view(-1, 1, 1, 1, 1)
-    xt = (1 - tt) * x0 + tt * noise
-    b = x0.shape[0]
-    with torch.no_grad():
-        cond = teacher.encode(list(prompts) + [""] * b)
-        both = teacher.raw(torch.cat([xt, xt]), torch.cat([t, t]), cond, torch.ones(2 * b))
-        c, u = both.chunk(2)
-        target = u + scale.view(-1, 1, 1, 1, 1) * (c - u)
-    return (model.raw(xt, t, model.encode(prompts), scale) - target).pow(2).mean()
-
-
 @torch.no_grad()
 def validation(model, batch, guidance) -> float:
     """Flow loss of a fixed batch at fixed noise levels (held-out combinations): a generalisation probe."""
@@ -169,16 +145,7 @@ def main(argv=None) -> int:
         config["transformer"]["patch_size_t"] = args.patch_size_t
     if args.single_layers is not None:
         config["transformer"]["num_single_layers"] = args.single_layers
-    teacher = None
-    if args.distill_from:
-        teacher = TinyHunyuanVideo.from_pretrained(args.distill_from)  # frozen, eval
-        config = json.loads(json.dumps(teacher.config))
-        config.pop("training", None)
-        model = TinyHunyuanVideo(config)
-        model.load_state_dict(teacher.state_dict())
-        model.train()
-    else:
-        model = TinyHunyuanVideo(config).train()
+    model = TinyHunyuanVideo(config).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay_params = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     other_params = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -239,11 +206,7 @@ def main(argv=None) -> int:
             "objective": (
                 "rectified flow: x_t = (1-t) x0 + t noise, loss = MSE of the flow noise - x0, t ~ logit-normal("
                 f"{args.logit_mean}, {args.logit_std}), prompt dropout {args.prompt_dropout}; the transformer "
-                f"predicts {config.get('prediction', 'velocity')}" if teacher is None else
-                f"guidance distillation from {args.distill_from.name}: the transformer's output with guidance "
-                f"embedding g matches the frozen model's classifier-free guidance (scale g against the empty "
-                f"prompt), g ~ U[{args.guidance_min}, {args.guidance_max}], x_t from training clips, "
-                f"t ~ logit-normal({args.logit_mean}, {args.logit_std})"),
+                f"predicts {config.get('prediction', 'velocity')}"),
             "optimizer": f"AdamW lr {args.lr} (warmup {args.warmup} steps, linear cool-down to 0 over the last "
                          f"{args.cooldown:.0%} of progress = max(step/steps, time/budget)), betas (0.9, 0.99), "
                          f"weight decay {args.weight_decay}, grad-norm clip 1.0",
@@ -274,12 +237,7 @@ def main(argv=None) -> int:
         x0 = data.to_model_layout(x)
         noise = torch.randn(x0.shape, generator=g_noise)
         t = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(args.batch_size, generator=g_noise))
-        if teacher is None:
-            loss = flow_loss(model, x0, prompts, t, noise, guidance)
-        else:
-            scale = args.guidance_min + (args.guidance_max - args.guidance_min) * torch.rand(args.batch_size,
-                                                                                           generator=g_noise)
-            loss = distill_loss(model, teacher, x0, [p or "" for p in prompts], t, noise, scale)
+        loss = flow_loss(model, x0, prompts, t, noise, guidance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -292,7 +250,7 @@ def main(argv=None) -> int:
             now = time.perf_counter()
             rec = {"step": step, "loss": running / n_running, "lr": lr, "progress": round(prog, 4),
                    "wall_s": round(wall(), 1)}
-            if (step % args.ckpt_every == 0 or step == args.steps) and teacher is None:
+            if step % args.ckpt_every == 0 or step == args.steps:
                 rec["val"] = validation(ema, val_batch, guidance)
             history.append(rec)
             per_step = (now - t_log) / n_running
