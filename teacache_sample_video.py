@@ -39,6 +39,7 @@ from loguru import logger
 
 __all__ = [
     "PUBLISHED_COEFFICIENTS",
+    "RULES",
     "TeaCacheConfig",
     "TeaCache",
     "enable_teacache",
@@ -63,7 +64,11 @@ __all__ = [
 PUBLISHED_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
 
-RULES = ("reuse", "extrapolate")
+#: What a skipped step adds: "reuse" the last residual (published); "extrapolate" it linearly in the timestep from
+#: the last two computed residuals; "fitted": that extrapolation times a gain in [0, 1] re-fitted at every
+#: computed step (least squares on how well it would have predicted the residual just computed: 0 is reuse,
+#: 1 is "extrapolate"), so that it backs off where the residual does not move in a straight line.
+RULES = ("reuse", "extrapolate", "fitted")
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class TeaCacheConfig:
     coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS
     warmup_steps: int = 1  # the first N steps are always computed (the published rule: 1)
     max_consecutive_skips: Optional[int] = None  # never skip more than K steps in a row
-    rule: str = "reuse"  # skipped step: "reuse" the last residual, or "extrapolate" it from the last two
+    rule: str = "reuse"  # what a skipped step adds: one of RULES
     trace: bool = False  # also record the residual change per step (calibration; one more residual held)
 
     def __post_init__(self):
@@ -122,13 +127,15 @@ class _Branch:
     previous_modulated: Optional[torch.Tensor] = None
     residual: Optional[torch.Tensor] = None  # image tokens out of the block stack minus in, last computed step
     residual_at: Optional[float] = None  # timestep of that step
-    older_residual: Optional[torch.Tensor] = None  # the computed step before ("extrapolate", trace)
+    older_residual: Optional[torch.Tensor] = None  # the computed step before ("extrapolate", "fitted", trace)
     older_residual_at: Optional[float] = None
+    gain: float = 1.0  # "fitted": the extrapolation's gain, re-fitted at each computed step (1 until the first fit)
     block_input: Optional[torch.Tensor] = None  # image tokens into the stack (compute steps only)
     computed_steps: List[int] = field(default_factory=list)
     skipped_steps: List[int] = field(default_factory=list)
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per step
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per step
+    gains: List[float] = field(default_factory=list)  # "fitted": the gain after each fit
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual, self.older_residual)
@@ -271,7 +278,8 @@ class TeaCache:
         g = self._gen
         branches = [{"computed_steps": list(b.computed_steps), "skipped_steps": list(b.skipped_steps),
                      "rel_l1": list(b.rel_l1), **({"residual_rel_l1": list(b.residual_rel_l1)}
-                                                  if self.config.trace else {})} for b in g.branches]
+                                                  if self.config.trace else {}),
+                     **({"gains": list(b.gains)} if self.config.rule == "fitted" else {})} for b in g.branches]
         calls = sum(len(b["computed_steps"]) + len(b["skipped_steps"]) for b in branches)
         computed = sum(len(b["computed_steps"]) for b in branches)
         return {
@@ -351,22 +359,49 @@ class TeaCache:
         g.activation_bytes = modulated.numel() * modulated.element_size()
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
         b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
-        if compute and not (cfg.rule == "extrapolate" or cfg.trace):
+        if compute and not (cfg.rule != "reuse" or cfg.trace):
             b.residual = None  # freed before the blocks run: never two residuals of a branch at once
         g.account()
         return not compute
 
     def _cached_residual(self, b: _Branch) -> torch.Tensor:
-        """The residual a skipped step adds: the last one, or its first-order extrapolation in time."""
+        """The residual a skipped step adds: the last one, or its first-order extrapolation in time (times the
+        fitted gain): ``r1 + gain * (r1 - r0) * (t - t1) / (t1 - t0)``."""
+        step = self._extrapolation_step(b, self._gen.timestep)
+        if step is None:
+            return b.residual
+        gain = b.gain if self.config.rule == "fitted" else 1.0
+        return torch.lerp(b.older_residual, b.residual, 1.0 + gain * step)
+
+    def _extrapolation_step(self, b: _Branch, t: Optional[float]) -> Optional[float]:
+        """``(t - t1) / (t1 - t0)`` for the last two computed residuals; None where the rule does not extrapolate."""
         if self.config.rule == "reuse" or b.older_residual is None:
-            return b.residual
-        t, t1, t0 = self._gen.timestep, b.residual_at, b.older_residual_at
+            return None
+        t1, t0 = b.residual_at, b.older_residual_at
         if None in (t, t1, t0) or t1 == t0:
-            return b.residual
-        return torch.lerp(b.older_residual, b.residual, (t - t0) / (t1 - t0))
+            return None
+        return (t - t1) / (t1 - t0)
+
+    def _fit_gain(self, b: _Branch, residual: torch.Tensor) -> None:
+        """"fitted": the gain that would have predicted ``residual`` best from the last two residuals (least squares,
+        clipped to [0, 1]); both sums are reduced over the sequence-parallel group, so every rank fits the same."""
+        step = self._extrapolation_step(b, self._gen.timestep)
+        if step is None:
+            return
+        slope = torch.sub(b.residual, b.older_residual)
+        sums = torch.stack([torch.mul(residual - b.residual, slope).sum(dtype=torch.float32),
+                            torch.mul(slope, slope).sum(dtype=torch.float32)])
+        if self._reduce_sum is not None:
+            sums = self._reduce_sum(sums)
+        along, norm = sums.tolist()
+        if norm > 0 and step != 0 and math.isfinite(along / norm):
+            b.gain = min(max(along / (norm * step), 0.0), 1.0)
+            b.gains.append(b.gain)
 
     def _store_residual(self, b: _Branch, residual: torch.Tensor) -> None:
-        g, keep_older = self._gen, self.config.rule == "extrapolate" or self.config.trace
+        g, keep_older = self._gen, self.config.rule != "reuse" or self.config.trace
+        if self.config.rule == "fitted":
+            self._fit_gain(b, residual)
         if self.config.trace:
             b.residual_rel_l1.extend([None] * (g.step - len(b.residual_rel_l1)))
             b.residual_rel_l1.append(None if b.residual is None else self._relative_l1(residual, b.residual))
@@ -663,8 +698,10 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), default=None, metavar="K",
                        help="Never skip more than K steps in a row (default: no cap).")
     group.add_argument("--teacache-rule", choices=RULES, default="reuse",
-                       help="What a skipped step adds: 'reuse' the last residual (published) or 'extrapolate' it "
-                            "to the current timestep from the last two computed steps.")
+                       help="What a skipped step adds: 'reuse' the last residual (published), 'extrapolate' it "
+                            "to the current timestep from the last two computed steps, or 'fitted': that "
+                            "extrapolation scaled by a gain in [0, 1] re-fitted at each computed step (more "
+                            "fidelity per computed step on long skips; see the README's curves).")
     group.add_argument("--teacache-profile", metavar="JSON", default=None,
                        help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
     group.add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",

@@ -2,8 +2,8 @@
 """Speed versus fidelity of step caches on diffusers' HunyuanVideo transformer, side by side.
 
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
-same prompt and seed. Methods: TeaCache (published coefficients; and with ``--calibrated`` coefficients
-fitted on separate calibration prompts; rules reuse and extrapolate) and diffusers' own FirstBlockCache,
+same prompt and seed. Methods: TeaCache (published coefficients, and coefficients
+fitted on separate calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted) and diffusers' own FirstBlockCache,
 MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its setting.
 
     python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
@@ -139,10 +139,11 @@ def methods(subject, profile, mag_ratios, quick):
     yield "none", "-", None
     for thresh in thresholds:
         yield "teacache", thresh, dict(rel_l1_thresh=thresh)
-    for thresh in thresholds:
-        yield "teacache-extrapolate", thresh, dict(rel_l1_thresh=thresh, rule="extrapolate")
+    for rule in ("extrapolate", "fitted"):
+        for thresh in thresholds:
+            yield f"teacache-{rule}", thresh, dict(rel_l1_thresh=thresh, rule=rule)
     traces = [t["rel_l1"] for t in profile["traces"]]
-    for rule in ("reuse", "extrapolate"):
+    for rule in tc.RULES:
         for s in pick(SPEEDUPS):
             cfg = tc.TeaCacheConfig(coefficients=profile["coefficients"], rule=rule)
             thresh, _ = tc.threshold_for_speedup(traces, s, cfg)

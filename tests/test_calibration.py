@@ -1,4 +1,4 @@
-"""Calibration profiles, target speedup, warm-up, skip cap and the extrapolating rule (no checkout needed)."""
+"""Calibration profiles, target speedup, warm-up, skip cap and the extrapolating rules (no checkout needed)."""
 
 import json
 
@@ -124,23 +124,68 @@ def test_warmup_and_skip_cap_are_respected(warmup, cap):
         assert skipped
 
 
-# -- the extrapolating rule --------------------------------------------------------
+# -- the extrapolating rules --------------------------------------------------------
 
-def test_extrapolate_equals_reuse_when_the_extrapolation_term_is_zero():
-    """Same latents at every step: both computed residuals are the same tensor, so the extrapolation adds 0."""
-    outs = {}
-    x, txt = make_inputs()
-    for rule in ("reuse", "extrapolate"):
+def run_rules(inputs, rules=tc.RULES, thresh=0.3):
+    """Call a fresh fake transformer once per timestep on ``inputs(step, t)`` under each rule: outputs and stats,
+    each by rule."""
+    outs, stats = {}, {}
+    _, txt = make_inputs()
+    for rule in rules:
         model = FakeHunyuanTransformer()
-        cache = tc.enable_teacache(model, 0.3, rule=rule, num_steps=STEPS)
-        outs[rule] = [model(x, t.expand(2), text_states=txt)["x"] for t in timesteps(STEPS)]
-        assert cache.stats()["skipped_steps"][-1] > cache.stats()["computed_steps"][1]  # some after two computed
-    assert all(torch.equal(a, b) for a, b in zip(outs["reuse"], outs["extrapolate"]))
+        cache = tc.enable_teacache(model, thresh, rule=rule, num_steps=STEPS)
+        outs[rule] = [model(inputs(i, t), t.expand(2), text_states=txt)["x"] for i, t in enumerate(timesteps(STEPS))]
+        stats[rule] = cache.stats()
+    assert len({tuple(s["computed_steps"]) for s in stats.values()}) == 1  # the rule never changes a decision
+    return outs, stats
 
 
-def test_extrapolate_adds_the_linear_extrapolation_of_the_last_two_residuals():
+def test_extrapolating_rules_equal_reuse_when_the_extrapolation_term_is_zero():
+    """Same latents at every step: both computed residuals are the same tensor, so the extrapolation adds 0."""
+    x, _ = make_inputs()
+    outs, stats = run_rules(lambda i, t: x)
+    s = stats["reuse"]
+    assert s["skipped_steps"][-1] > s["computed_steps"][1]  # some skipped after two computed
+    for rule in ("extrapolate", "fitted"):
+        assert all(torch.equal(a, b) for a, b in zip(outs["reuse"], outs[rule]))
+
+
+def test_fitted_gain_is_one_on_a_residual_moving_in_a_straight_line():
+    """Latents linear in t make the (affine) stack's residual linear in t: the fit finds gain 1, the output is the
+    plain extrapolation's, and it differs from reuse."""
+    x, v = make_inputs(seed=1)[0], make_inputs(seed=2)[0]
+    outs, stats = run_rules(lambda i, t: x + (t / 1000) * v)
+    s = stats["fitted"]
+    assert s["gains"] == pytest.approx([1.0] * (len(s["computed_steps"]) - 2), abs=1e-4)  # a fit per computed step
+    for a, b in zip(outs["fitted"], outs["extrapolate"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(outs["fitted"], outs["reuse"]))
+
+
+def test_fitted_gain_falls_to_zero_when_the_residual_turns_back():
+    """Latents that zigzag: the extrapolation would have pointed the wrong way at every computed step, so the
+    fitted gain is 0 and every skipped step after the first fit adds exactly the last residual (reuse)."""
+    x, v = make_inputs(seed=1)[0], make_inputs(seed=2)[0]
+    outs, stats = run_rules(lambda i, t: x + 0.05 * (-1) ** i * v)
+    s = stats["fitted"]
+    computed = s["computed_steps"]
+    # the first fit: the first computed step whose two predecessors are an odd number of steps apart (else the
+    # two residuals are equal, there is no slope to fit, and the extrapolation adds nothing)
+    first_fit = next(c for a, b, c in zip(computed, computed[1:], computed[2:]) if (b - a) % 2)
+    after = [step for step in s["skipped_steps"] if step > first_fit]
+    assert after and s["gains"] and set(s["gains"]) == {0.0}
+    for step in after:
+        torch.testing.assert_close(outs["fitted"][step], outs["reuse"][step], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(outs["fitted"][i], outs["extrapolate"][i]) for i in after)
+
+
+@pytest.mark.parametrize("rule,path", [("extrapolate", "sampler"), ("fitted", "sampler"), ("fitted", "curved")])
+def test_skipped_steps_add_the_extrapolation_of_the_last_two_residuals_times_the_gain(rule, path):
+    """extrapolate: gain 1. fitted: at each computed step, the least-squares gain (clipped to [0, 1]) with which the
+    extrapolation from the two computed steps before would have predicted that step's residual. "sampler": the
+    Euler loop's latents; "curved": latents quadratic in t, which the straight line overshoots (gains inside (0, 1))."""
     model = FakeHunyuanTransformer()
-    cache = tc.enable_teacache(model, 0.3, rule="extrapolate", num_steps=STEPS)
+    cache = tc.enable_teacache(model, 0.3, rule=rule, num_steps=STEPS)
     seen = []  # (timestep, stack in, stack out) per step
     x, txt = make_inputs()
     orig_forward = model.forward
@@ -151,19 +196,33 @@ def test_extrapolate_adds_the_linear_extrapolation_of_the_last_two_residuals():
         return out
 
     model.forward = spy
-    sample(model, x, txt, STEPS)
+    if path == "sampler":
+        sample(model, x, txt, STEPS)
+    else:
+        v = make_inputs(seed=1)[0]
+        for t in timesteps(STEPS):
+            model(x + (t / 1000) ** 2 * v, t.expand(2), text_states=txt)
     s = cache.stats()
-    computed, checked = s["computed_steps"], 0
-    for step in s["skipped_steps"]:
+    computed, checked, gain, gains = s["computed_steps"], 0, 1.0, []
+    residual = {c: seen[c][2] - seen[c][1] for c in computed}
+    for step in range(STEPS):
         before = [c for c in computed if c < step]
         if len(before) < 2:
             continue
-        (t0, i0, o0), (t1, i1, o1) = seen[before[-2]], seen[before[-1]]
+        (t0, r0), (t1, r1) = [(seen[c][0], residual[c]) for c in before[-2:]]
         t, x_in, out = seen[step]
-        expected = x_in + torch.lerp(o0 - i0, o1 - i1, (t - t0) / (t1 - t0))
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        ahead = (r1 - r0) * ((t - t1) / (t1 - t0))
+        if step in computed:
+            if rule == "fitted":
+                gain = min(max(float((residual[step] - r1).mul(ahead).sum() / ahead.pow(2).sum()), 0.0), 1.0)
+                gains.append(gain)
+            continue
+        torch.testing.assert_close(out, x_in + r1 + gain * ahead, rtol=0, atol=1e-5)
         checked += 1
     assert checked
+    assert s.get("gains", []) == pytest.approx(gains, abs=1e-5)
+    if path == "curved":
+        assert gains and all(0.0 < g < 1.0 for g in gains)  # the values of a real fit, not just a clip
 
 
 def test_reports_carry_the_options():

@@ -28,7 +28,7 @@ class GroupCoordinatorLike:
 
 
 OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_skips=1),
-           "extrapolate+trace": dict(rule="extrapolate", trace=True)}
+           "extrapolate+trace": dict(rule="extrapolate", trace=True), "fitted": dict(rule="fitted")}
 
 
 def _worker(rank, mode, out_dir, options):
@@ -70,7 +70,8 @@ def single(options):
 
 
 @pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
-                                          ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace")])
+                                          ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace"),
+                                          ("reduced", "fitted")])
 def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
     (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
     ref, ref_out = single(OPTIONS[options])
@@ -82,6 +83,8 @@ def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, t
     if "residual_rel_l1" in ref:  # calibration traces: every rank records the full-tensor values
         assert r0["residual_rel_l1"] == r1["residual_rel_l1"]
         assert r0["residual_rel_l1"][1:] == pytest.approx(ref["residual_rel_l1"][1:], rel=1e-5)
+    if "gains" in ref:  # the fitted rule's gains: fitted on the reduced sums, the same on every rank
+        assert r0["gains"] == r1["gains"] == pytest.approx(ref["gains"], rel=1e-5) and ref["gains"]
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
 
 
