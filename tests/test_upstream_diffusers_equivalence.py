@@ -155,7 +155,8 @@ def test_conversion_gives_the_same_transformer():
 
 
 @pytest.mark.parametrize("thresh,options", [(0.1, {}), (0.3, {}), (0.6, {}),
-                                            (0.3, {"rule": "extrapolate", "max_consecutive_skips": 2})])
+                                            (0.3, {"rule": "extrapolate", "max_consecutive_skips": 2}),
+                                            (0.3, {"rule": "fitted"})])
 def test_both_adapters_take_the_same_decisions(thresh, options):
     (up_cache, diff_cache), (up_out, up_final), (diff_out, diff_final) = run_both(thresh, **options)
     up, diff = up_cache.stats(), diff_cache.stats()
@@ -166,6 +167,7 @@ def test_both_adapters_take_the_same_decisions(thresh, options):
     # the indicator each adapter measured (relative L1 change of the first double block's modulated input)
     assert up["rel_l1"][0] is None and diff["rel_l1"][0] is None
     assert diff["rel_l1"][1:] == pytest.approx(up["rel_l1"][1:], rel=1e-4)
+    assert diff.get("gains") == pytest.approx(up.get("gains"), abs=1e-3)  # the fitted rule's gains
     for a, b in zip(up_out, diff_out):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(diff_final, up_final, rtol=1e-4, atol=1e-4)

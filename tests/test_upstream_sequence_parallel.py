@@ -9,6 +9,7 @@ process. Each rank saves its own results and TeaCache report. Checked here:
 * TeaCache on: every rank takes exactly the single-process decisions (both computed and
   skipped steps occur) and the outputs still match, because the indicator's sums are
   all-reduced over the sequence-parallel group (``process_group="auto"``);
+* the fitted rule: every rank fits the single-process gains (its sums are reduced as well);
 * without that reduction (``process_group=None``) each rank measures only its own shard
   and the ranks' distances differ: at a threshold between them one rank would skip the
   blocks while the other runs them, and the collectives inside the blocks would hang.
@@ -152,6 +153,25 @@ def test_teacache_parallel_output_matches_single(ranks, single):
         _assert_outputs_match(res["runs"]["teacache"], ref, f"rank {r} (TeaCache)")
     # ... and skipping really changed the result (the cache is not a no-op).
     assert _relerr(ref["latents"], single["runs"]["off"]["latents"]) > 1e-3
+
+
+def test_fitted_rule_ranks_fit_the_single_process_gains(ranks, single):
+    """The fitted rule's two sums are reduced too: every rank fits the same gains as one process, and the outputs
+    match. On these random weights the residual turns back at every step: every gain fitted is 0, and the rule
+    gives reuse's outputs (``tests/test_distributed_decisions.py`` checks gains inside (0, 1) across ranks)."""
+    ref = single["runs"]["fitted"]
+    assert ref["report"]["gains"] and ref["report"]["skipped_steps"]
+    assert ref["report"]["computed_steps"] == single["runs"]["teacache"]["report"]["computed_steps"]
+    gains = [res["runs"]["fitted"]["report"]["gains"] for res in ranks]
+    assert gains[0] == gains[1], "gains from all-reduced sums must be bitwise equal on every rank"
+    for r, res in enumerate(ranks):
+        assert res["runs"]["fitted"]["report"]["computed_steps"] == ref["report"]["computed_steps"]
+        assert gains[r] == pytest.approx(ref["report"]["gains"], abs=1e-4)
+        _assert_outputs_match(res["runs"]["fitted"], ref, f"rank {r} (fitted rule)")
+    # gains of 0 from the first fit, before the first skip: the rule falls back to reuse exactly
+    assert set(ref["report"]["gains"]) == {0.0} and ref["report"]["gains"]
+    assert min(ref["report"]["skipped_steps"]) > ref["report"]["computed_steps"][2]
+    _assert_outputs_match(ref, single["runs"]["teacache"], "fitted rule with gains 0 vs reuse")
 
 
 def test_without_reduction_rank_distances_differ(ranks, single):

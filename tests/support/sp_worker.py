@@ -154,9 +154,10 @@ def main(argv=None) -> int:
     if args.teacache is not None or args.probe_no_reduce:
         from teacache_sample_video import enable_teacache
     if args.teacache is not None:
-        cache = enable_teacache(pipe.transformer, args.teacache, num_steps=args.steps)
-        runs["teacache"] = _denoise(pipe, inputs, args.steps, cache)
-        cache.disable()
+        for name, rule in (("teacache", "reuse"), ("fitted", "fitted")):
+            cache = enable_teacache(pipe.transformer, args.teacache, num_steps=args.steps, rule=rule)
+            runs[name] = _denoise(pipe, inputs, args.steps, cache)
+            cache.disable()
     if args.probe_no_reduce:
         cache = enable_teacache(pipe.transformer, PROBE_THRESH, num_steps=args.steps, process_group=None)
         runs["probe"] = _denoise(pipe, inputs, args.steps, cache)
