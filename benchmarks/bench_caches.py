@@ -267,6 +267,7 @@ def plot(rows, path, title):
     """PSNR and SSIM (rows) against the ideal speedup (steps / computed steps: deterministic) and the measured
     wall-clock speedup (columns), one curve per method, points in the order of its setting sweep."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -282,7 +283,11 @@ def plot(rows, path, title):
             enumerate(("ideal speedup (steps / computed steps)", "measured speedup (uncached wall time / wall time)"))):
         axes[i][j].set_xlabel(xlabel)
         axes[i][j].set_ylabel(label)
-        axes[i][j].grid(alpha=0.3)
+        axes[i][j].set_xscale("log")  # a cache that skips almost everything would squash the others' curves
+        axes[i][j].xaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 1.5, 2, 3, 4, 6, 10, 20, 50]))
+        axes[i][j].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        axes[i][j].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes[i][j].grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
