@@ -3,7 +3,8 @@
 
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
 same prompt and seed. Methods: TeaCache (published coefficients, and coefficients
-fitted on separate calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted) and diffusers' own FirstBlockCache,
+fitted on separate calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), the same
+rules on fixed intervals (``interval-*``: the skip cap alone, threshold never reached) and diffusers' own FirstBlockCache,
 MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its setting.
 
     python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
@@ -40,6 +41,7 @@ from tinyhv import metrics  # noqa: E402
 
 TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
 SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
+INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last two computed)
 
 
 # -- subjects: what is generated --------------------------------------------------------------------------------
@@ -149,6 +151,9 @@ def methods(subject, profile, mag_ratios, quick):
             thresh, _ = tc.threshold_for_speedup(traces, s, cfg)
             yield f"teacache-calibrated-{rule}", f"{s}x:{thresh:.3g}", dict(
                 rel_l1_thresh=thresh, coefficients=profile["coefficients"], rule=rule)
+    for rule in tc.RULES:  # the skip cap alone (a threshold never reached): TeaCache's rules on fixed intervals
+        for cap in pick(INTERVAL_CAPS):
+            yield f"interval-{rule}", cap, dict(rel_l1_thresh=1e9, max_consecutive_skips=cap, rule=rule)
     for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
         yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
     for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.5]):
