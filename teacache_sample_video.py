@@ -359,7 +359,7 @@ class TeaCache:
         g.activation_bytes = modulated.numel() * modulated.element_size()
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
         b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
-        if compute and not (cfg.rule != "reuse" or cfg.trace):
+        if compute and cfg.rule == "reuse" and not cfg.trace:
             b.residual = None  # freed before the blocks run: never two residuals of a branch at once
         g.account()
         return not compute
@@ -383,8 +383,9 @@ class TeaCache:
         return (t - t1) / (t1 - t0)
 
     def _fit_gain(self, b: _Branch, residual: torch.Tensor) -> None:
-        """"fitted": the gain that would have predicted ``residual`` best from the last two residuals (least squares,
-        clipped to [0, 1]); both sums are reduced over the sequence-parallel group, so every rank fits the same."""
+        """The "fitted" rule: the gain that would have predicted ``residual`` best from the last two residuals (least
+        squares, clipped to [0, 1]); both sums are reduced over the sequence-parallel group, so every rank fits the
+        same gain."""
         step = self._extrapolation_step(b, self._gen.timestep)
         if step is None:
             return

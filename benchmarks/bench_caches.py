@@ -2,9 +2,9 @@
 """Speed versus fidelity of step caches on diffusers' HunyuanVideo transformer, side by side.
 
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
-same prompt and seed. Methods: TeaCache (published coefficients, and coefficients
-fitted on separate calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), the same
-rules on fixed intervals (``interval-*``: the skip cap alone, threshold never reached) and diffusers' own FirstBlockCache,
+same prompt and seed. Methods: TeaCache (published coefficients, and coefficients fitted on separate
+calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), the same rules on fixed
+intervals (``interval-*``: the skip cap alone, threshold never reached), and diffusers' own FirstBlockCache,
 MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its setting.
 
     python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
