@@ -3,6 +3,7 @@
 
     python demo.py                                      # default prompt, 50 steps, threshold 0.15
     python demo.py --prompt "a red circle moves left" --rel-l1-thresh 0.1 --out results/demo.gif
+    python demo.py --rel-l1-thresh 0.3 --teacache-rule fitted         # fewer computed steps, extrapolated
 
 Generates the same clip (same seed) without and with TeaCache (the published HunyuanVideo
 coefficients), prints the steps TeaCache computed, the measured wall-clock speedup and the PSNR /
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacache_sample_video import _threshold, enable_teacache
+from teacache_sample_video import RULES, _threshold, enable_teacache
 from tinyhv import TinyHunyuanVideo
 from tinyhv.data import complete_prompt
 from tinyhv.evaluate import describe
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
                         "(left right up down); optionally size (small big) and background (dark light)")
     p.add_argument("--rel-l1-thresh", type=_threshold, default=0.15,
                    help="TeaCache threshold (published HunyuanVideo coefficients); 0 turns caching off")
+    p.add_argument("--teacache-rule", choices=RULES, default="reuse",
+                   help="what a skipped step adds (see teacache_sample_video.py --help); default: the published reuse")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results/tinyhv_demo.mp4"), help=".mp4 or .gif")
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
 
     model.generate(prompt, seed=args.seed, num_steps=2)  # warm-up: first-call allocations out of the timings
     baseline, t_base = timed(lambda: model.generate(prompt, seed=args.seed, num_steps=args.steps), args.repeats)
-    cache = enable_teacache(model.transformer, args.rel_l1_thresh)
+    cache = enable_teacache(model.transformer, args.rel_l1_thresh, rule=args.teacache_rule)
     try:
         cached, t_cache = timed(lambda: model.generate(prompt, seed=args.seed, num_steps=args.steps, cache=cache),
                                 args.repeats)
