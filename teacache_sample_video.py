@@ -129,13 +129,17 @@ class _Branch:
     residual_at: Optional[float] = None  # timestep of that step
     older_residual: Optional[torch.Tensor] = None  # the computed step before ("extrapolate", "fitted", trace)
     older_residual_at: Optional[float] = None
-    gain: float = 1.0  # "fitted": the extrapolation's gain, re-fitted at each computed step (1 until the first fit)
     block_input: Optional[torch.Tensor] = None  # image tokens into the stack (compute steps only)
     computed_steps: List[int] = field(default_factory=list)
     skipped_steps: List[int] = field(default_factory=list)
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per step
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per step
-    gains: List[float] = field(default_factory=list)  # "fitted": the gain after each fit
+    gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
+
+    @property
+    def gain(self) -> float:
+        """The "fitted" rule's gain in use: the last one fitted (1, plain extrapolation, until the first fit)."""
+        return self.gains[-1] if self.gains else 1.0
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual, self.older_residual)
@@ -396,8 +400,7 @@ class TeaCache:
             sums = self._reduce_sum(sums)
         along, norm = sums.tolist()
         if norm > 0 and step != 0 and math.isfinite(along / norm):
-            b.gain = min(max(along / (norm * step), 0.0), 1.0)
-            b.gains.append(b.gain)
+            b.gains.append(min(max(along / (norm * step), 0.0), 1.0))
 
     def _store_residual(self, b: _Branch, residual: torch.Tensor) -> None:
         g, keep_older = self._gen, self.config.rule != "reuse" or self.config.trace

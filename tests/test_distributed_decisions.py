@@ -31,18 +31,25 @@ OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_s
            "extrapolate+trace": dict(rule="extrapolate", trace=True), "fitted": dict(rule="fitted", curved=True)}
 
 
-def run(model, x, txt, rank=None, curved=False):
-    """The Euler loop on ``x`` (its token shard ``rank`` under parallelism), or with ``curved`` the transformer called
-    on latents ``x + u v + u^2 w`` (u = t / 1000) whose tokens bend differently: the fitted rule's gains then lie
-    inside (0, 1) and differ between shards, so only the reduced sums give every rank the same gains. Returns the
-    final latents, or the mean output over the steps."""
+def run(options, rank=None, process_group=None):
+    """A fresh fake transformer with TeaCache (``options``) over ``STEPS`` steps, on the whole image or, with
+    ``rank``, on its token shard: the Euler loop, or with ``curved=True`` in ``options`` the transformer called on
+    latents ``x + u v + u^2 w`` (u = t / 1000) whose tokens bend differently, so that the fitted rule's gains lie
+    inside (0, 1) and differ between shards (only the reduced sums give every rank the same gains). Returns the
+    report and the final latents (Euler) or the mean output over the steps (curved)."""
+    options = dict(options)
+    curved = options.pop("curved", False)
+    model = FakeHunyuanTransformer()
+    x, txt = make_inputs(img_tokens=24)
     shard = (lambda a: a) if rank is None else (lambda a: a.chunk(WORLD, dim=1)[rank])
-    if not curved:
-        return sample(model, shard(x), txt, STEPS)
-    v, w = (shard(make_inputs(img_tokens=24, seed=s)[0]) for s in (1, 2))
-    outs = [model(shard(x) + u * v + u * u * w, t.expand(x.shape[0]), text_states=txt)["x"]
-            for t, u in ((t, t / 1000) for t in timesteps(STEPS))]
-    return torch.stack(outs).mean(0)
+    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=process_group, **options)
+    if curved:
+        v, w = (shard(make_inputs(img_tokens=24, seed=s)[0]) for s in (1, 2))
+        out = torch.stack([model(shard(x) + u * v + u * u * w, t.expand(x.shape[0]), text_states=txt)["x"]
+                           for t, u in ((t, t / 1000) for t in timesteps(STEPS))]).mean(0)
+    else:
+        out = sample(model, shard(x), txt, STEPS)
+    return cache.report(), out
 
 
 def _worker(rank, mode, out_dir, options):
@@ -50,15 +57,10 @@ def _worker(rank, mode, out_dir, options):
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/{mode}.store", rank=rank, world_size=WORLD)
     try:
         group = {"reduced": dist.group.WORLD, "coordinator": GroupCoordinatorLike(), "unreduced": None}[mode]
-        model = FakeHunyuanTransformer()
-        x, txt = make_inputs(img_tokens=24)
-        options = dict(options)
-        curved = options.pop("curved", False)
-        cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=group, **options)
-        out = run(model, x, txt, rank, curved)
+        report, out = run(options, rank, group)
         torch.save(out, f"{out_dir}/{mode}_{rank}.pt")
         with open(f"{out_dir}/{mode}_{rank}.json", "w") as f:
-            json.dump(cache.report(), f)
+            json.dump(report, f)
         dist.barrier()
     except BaseException:
         dist.destroy_process_group()
@@ -76,22 +78,12 @@ def _run(mode, tmp_path, options=None):
     return reports, torch.cat(outs, dim=1)
 
 
-def single(options):
-    model = FakeHunyuanTransformer()
-    x, txt = make_inputs(img_tokens=24)
-    options = dict(options)
-    curved = options.pop("curved", False)
-    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, **options)
-    out = run(model, x, txt, curved=curved)
-    return cache.report(), out
-
-
 @pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
                                           ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace"),
                                           ("reduced", "fitted")])
 def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
     (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
-    ref, ref_out = single(OPTIONS[options])
+    ref, ref_out = run(OPTIONS[options])
     assert r0["computed_steps"] == r1["computed_steps"] == ref["computed_steps"]
     assert r0["skipped_steps"] == r1["skipped_steps"] == ref["skipped_steps"] != []
     assert r0["rel_l1"] == r1["rel_l1"]

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from support.launch import free_port, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "support" / "sp_worker.py"
@@ -49,27 +48,6 @@ pytestmark = [
 SP_CONFIGS = {"ulysses2": (2, 1), "ring2": (1, 2)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd: list, what: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    # Own session, so that a hang (e.g. mismatched collectives) can be killed with its workers.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{what} timed out after {TIMEOUT_S} s:\n{out[-4000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"{what} failed (exit {proc.returncode}):\n{out[-4000:]}")
-
-
 def _worker_args(out: Path) -> list:
     return [str(WORKER), "--out", str(out), "--steps", str(STEPS), "--teacache", str(THRESH), "--probe-no-reduce"]
 
@@ -81,7 +59,7 @@ def _load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    _run([sys.executable] + _worker_args(out) + ["--single"], "single-process worker")
+    run_worker([sys.executable] + _worker_args(out) + ["--single"], "single-process worker", TIMEOUT_S)
     return _load(out / "single.pt")
 
 
@@ -89,10 +67,10 @@ def single(tmp_path_factory):
 def ranks(request, tmp_path_factory):
     ulysses, ring = SP_CONFIGS[request.param]
     out = tmp_path_factory.mktemp(request.param)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
-          f"--master-port={_free_port()}"] + _worker_args(out)
-         + ["--ulysses-degree", str(ulysses), "--ring-degree", str(ring)],
-         f"torchrun ({request.param})")
+    run_worker([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
+                f"--master-port={free_port()}"] + _worker_args(out)
+               + ["--ulysses-degree", str(ulysses), "--ring-degree", str(ring)],
+               f"torchrun ({request.param})", TIMEOUT_S)
     results = [_load(out / f"sp_rank{r}.pt") for r in (0, 1)]
     for r, res in enumerate(results):
         assert res["meta"]["rank"] == r and res["meta"]["world_size"] == 2

@@ -14,15 +14,13 @@ Needs xfuser and yunchang (in requirements-test.txt); no HunyuanVideo checkout.
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from support.launch import free_port, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "support" / "xdit_diffusers_worker.py"
@@ -33,27 +31,13 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
                                 reason="xDiT sequence parallelism needs the xfuser and yunchang packages")
 
 
-def _run(cmd: list) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # own session: a hang is killed with its workers
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"{cmd[:3]} timed out after {TIMEOUT_S} s:\n{proc.communicate()[0][-4000:]}")
-    assert proc.returncode == 0, f"{cmd[:3]} failed (exit {proc.returncode}):\n{out[-4000:]}"
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("xdit")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-          str(WORKER), "--out", str(out), "--teacache", str(THRESH)])
-    _run([sys.executable, str(WORKER), "--single", "--out", str(out), "--teacache", str(THRESH)])
+    run_worker([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                str(WORKER), "--out", str(out), "--teacache", str(THRESH)], "torchrun (xDiT, ulysses 2)", TIMEOUT_S)
+    run_worker([sys.executable, str(WORKER), "--single", "--out", str(out), "--teacache", str(THRESH)],
+               "single-process worker", TIMEOUT_S)
     load = lambda name: torch.load(out / name, map_location="cpu", weights_only=False)  # noqa: E731
     return load("single.pt"), [load("rank0.pt"), load("rank1.pt")]
 
