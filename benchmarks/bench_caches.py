@@ -3,9 +3,12 @@
 
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
 same prompt and seed. Methods: TeaCache (published coefficients, and coefficients fitted on separate
-calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), the same rules on fixed
-intervals (``interval-*``: the skip cap alone, threshold never reached), and diffusers' own FirstBlockCache,
-MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its setting.
+calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted) and diffusers' own
+FirstBlockCache, MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its
+setting. Two studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
+(``interval-*``: the skip cap alone, threshold never reached), and the baseline of every cache, the plain
+sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
+reference itself is from the converged sampler).
 
     python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
     python3 benchmarks/bench_caches.py --model random    # a mid-size random-weight transformer
@@ -42,6 +45,14 @@ from tinyhv import metrics  # noqa: E402
 TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
 SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
 INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last two computed)
+SAMPLER_STEPS = [6, 8, 10, 14, 19, 25, 100, 400]  # the plain sampler, no cache
+
+
+STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES)}  # run only when named in --methods
+
+
+class Steps(int):
+    """A method setting: run the plain sampler with this many steps instead of the benchmark's."""
 
 
 # -- subjects: what is generated --------------------------------------------------------------------------------
@@ -61,9 +72,9 @@ class Trained:
         # calibration (TeaCache profile, MagCache ratios): other prompts and seeds, from the training combinations
         self.calib_runs = [(a.prompt, 2000 + i) for i, a in enumerate(train[::41][:4])]
 
-    def run(self, prompt_seed, cache=None):
+    def run(self, prompt_seed, cache=None, steps=None):
         prompt, seed = prompt_seed
-        return self.model.generate(prompt, seed=seed, num_steps=self.steps, cache=cache)
+        return self.model.generate(prompt, seed=seed, num_steps=steps or self.steps, cache=cache)
 
     @staticmethod
     def same_content(out, ref) -> bool:
@@ -88,7 +99,7 @@ class Random:
         self._sample, self._inputs, self.steps = sample, make_inputs, steps
         self.eval_runs, self.calib_runs, self.data_range = [0, 1], [10, 11], None
 
-    def run(self, seed, cache=None):
+    def run(self, seed, cache=None, steps=None):
         inputs = self._inputs(batch=1, frames=4, height=32, width=32, text_len=16, seed=seed)
         inputs["hidden_states"] = torch.randn(1, 16, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
         inputs["encoder_hidden_states"] = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(seed + 1))
@@ -96,7 +107,7 @@ class Random:
         if cache is not None:
             cache.reset(self.steps)
         with torch.no_grad():
-            return self._sample(self.transformer, inputs, self.steps)
+            return self._sample(self.transformer, inputs, steps or self.steps)
 
 
 # -- methods ----------------------------------------------------------------------------------------------------
@@ -139,6 +150,8 @@ def methods(subject, profile, mag_ratios, quick):
     pick = (lambda xs: xs[::2]) if quick else (lambda xs: xs)
     thresholds = [0.1, 0.15, 0.3, 0.7] if quick else TEACACHE_THRESHOLDS
     yield "none", "-", None
+    for n in SAMPLER_STEPS if not quick else SAMPLER_STEPS[::3]:
+        yield "steps", n, Steps(n)
     for thresh in thresholds:
         yield "teacache", thresh, dict(rel_l1_thresh=thresh)
     for rule in ("extrapolate", "fitted"):
@@ -165,9 +178,14 @@ def methods(subject, profile, mag_ratios, quick):
 
 
 def generate(subject, config, run):
-    """One generation with ``config`` (None, TeaCache kwargs or a diffusers cache config); (output, seconds)."""
+    """One generation with ``config`` (None, TeaCache kwargs, a diffusers cache config or ``Steps``); (output,
+    seconds)."""
     t = subject.transformer
     cache = None
+    if isinstance(config, Steps):
+        start = time.perf_counter()
+        out = subject.run(run, steps=int(config))
+        return out, time.perf_counter() - start
     if isinstance(config, dict):
         cache = tc.enable_teacache(t, **config)
     elif config is not None:
@@ -196,16 +214,23 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
     parser.add_argument("--quick", action="store_true",
                         help="TeaCache at 0.1, 0.15, 0.3, 0.7 and every other setting of the other methods")
-    parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv)")
+    parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv); "
+                                                    "with --replot the PNG path")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache")
-    parser.add_argument("--replot", metavar="CSV", help="only redraw the plot of a CSV this script wrote")
+                        help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache; the "
+                             f"studies {', '.join(sorted(STUDIES))} run only when named here")
+    parser.add_argument("--replot", metavar="CSV", nargs="+",
+                        help="only redraw the plot of CSVs this script wrote (their methods, or those of --methods), "
+                             "to --out (default: the first CSV's name, .png)")
     args = parser.parse_args()
     if args.replot:
-        with open(args.replot, newline="") as f:
-            rows = list(csv.DictReader(f))
-        model = Path(args.replot).stem.removeprefix("caches_")
-        plot(rows, Path(args.replot).with_suffix(".png"), f"{model} model, {rows[0]['steps']} steps")
+        rows = []
+        for path in args.replot:
+            with open(path, newline="") as f:
+                rows += [r for r in csv.DictReader(f) if not args.methods or r["method"] in args.methods]
+        model = Path(args.replot[0]).stem.removeprefix("caches_").split("_")[0]
+        plot(rows, Path(args.out or Path(args.replot[0]).with_suffix(".png")),
+             f"{model} model, {rows[0]['steps']} steps")
         return 0
     torch.manual_seed(0)
     subject = (Trained if args.model == "trained" else Random)(args.steps)
@@ -215,7 +240,7 @@ def main() -> int:
     baseline, rows = {}, []
     judge = getattr(subject, "same_content", None)  # the trained model's content check; None for random weights
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
-        if args.methods and name not in ("none", *args.methods):
+        if name not in ("none", *(args.methods or [])) and (args.methods or name in STUDIES):
             continue
         psnrs, ssims, walls, base_walls, computed, same = [], [], [], [], [], []
         for run in subject.eval_runs:
@@ -270,7 +295,8 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 
 def plot(rows, path, title):
     """PSNR and SSIM (rows) against the ideal speedup (steps / computed steps: deterministic) and the measured
-    wall-clock speedup (columns), one curve per method, points in the order of its setting sweep."""
+    wall-clock speedup (columns), one curve per method, points in the order of its setting sweep; runs with more
+    steps than the benchmark's (slowdowns) stay in the table only."""
     import matplotlib
     import matplotlib.ticker
 
@@ -279,7 +305,7 @@ def plot(rows, path, title):
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharey="row")
     for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
-        mine = [r for r in rows if r["method"] == name]
+        mine = [r for r in rows if r["method"] == name and float(r["computed"]) <= float(r["steps"])]
         for (i, key), (j, speed) in itertools.product(enumerate(("psnr", "ssim")), enumerate(("ideal", "measured"))):
             x = [float(r["steps"]) / float(r["computed"]) if speed == "ideal" else float(r["speedup"]) for r in mine]
             axes[i][j].plot(x, [float(r[key]) for r in mine], marker="o", label=name)
