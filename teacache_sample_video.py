@@ -70,6 +70,10 @@ PUBLISHED_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987
 #: 1 is "extrapolate"), so that it backs off where the residual does not move in a straight line.
 RULES = ("reuse", "extrapolate", "fitted")
 
+#: The statistics (indicator, fitted gain) are summed over chunks of this many elements, so the temporaries they
+#: need stay this small (64 MiB in fp32) whatever the resolution.
+CHUNK_ELEMENTS = 1 << 24
+
 
 @dataclass(frozen=True)
 class TeaCacheConfig:
@@ -393,12 +397,11 @@ class TeaCache:
         step = self._extrapolation_step(b, self._gen.timestep)
         if step is None:
             return
-        slope = torch.sub(b.residual, b.older_residual)
-        sums = torch.stack([torch.mul(residual - b.residual, slope).sum(dtype=torch.float32),
-                            torch.mul(slope, slope).sum(dtype=torch.float32)])
-        if self._reduce_sum is not None:
-            sums = self._reduce_sum(sums)
-        along, norm = sums.tolist()
+        def sums(now, r1, r0):
+            slope = torch.sub(r1, r0)
+            return torch.mul(now - r1, slope).sum(dtype=torch.float32), slope.square_().sum(dtype=torch.float32)
+
+        along, norm = self._sums(sums, residual, b.residual, b.older_residual)
         if norm > 0 and step != 0 and math.isfinite(along / norm):
             b.gains.append(min(max(along / (norm * step), 0.0), 1.0))
 
@@ -417,12 +420,19 @@ class TeaCache:
         # mean|now - prev| / mean|prev| as a ratio of sums, so that under sequence
         # parallelism the sums can be all-reduced over the group first: every rank
         # then gets the full-tensor value and takes the same decision.
-        sums = torch.stack([torch.sub(now, prev).abs_().sum(dtype=torch.float32),
-                            prev.abs().sum(dtype=torch.float32)])
-        if self._reduce_sum is not None:
-            sums = self._reduce_sum(sums)
-        num, den = sums.tolist()
+        num, den = self._sums(lambda a, b: (torch.sub(a, b).abs_().sum(dtype=torch.float32),
+                                            b.abs().sum(dtype=torch.float32)), now, prev)
         return num / den if den else math.inf
+
+    def _sums(self, sums: Callable, *tensors: torch.Tensor) -> List[float]:
+        """The float32 sums that ``sums`` returns for ``tensors``, added up over chunks of at most ``CHUNK_ELEMENTS``
+        elements (so its temporaries stay chunk-sized: a 720p x 129-frame activation is 0.7 GiB in bf16), then
+        reduced over the sequence-parallel group."""
+        flat = [t.reshape(-1) for t in tensors]
+        total = sum(torch.stack(sums(*part)) for part in zip(*(t.split(CHUNK_ELEMENTS) for t in flat)))
+        if self._reduce_sum is not None:
+            total = self._reduce_sum(total)
+        return total.tolist()
 
     def _wrap(self, block: torch.nn.Module, first: bool, last: bool) -> None:
         original = block.forward

@@ -225,6 +225,44 @@ def test_skipped_steps_add_the_extrapolation_of_the_last_two_residuals_times_the
         assert gains and all(0.0 < g < 1.0 for g in gains)  # the values of a real fit, not just a clip
 
 
+def test_statistics_summed_in_chunks_equal_whole_tensor_sums_and_keep_temporaries_chunk_sized(monkeypatch):
+    """The indicator and the fitted gain are summed over chunks (uneven ones here, 97 elements): the same decisions,
+    indicator and gains as in one piece, and no tensor the sums allocate is larger than a chunk."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, v = make_inputs(seed=0)[0], make_inputs(seed=1)[0]
+    curved = lambda i, t: x + (t / 1000) ** 2 * v  # noqa: E731 (interior gains: a real fit)
+    whole = run_rules(curved, rules=["fitted"])[1]["fitted"]
+
+    class LargestNewTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if torch.is_tensor(a)}
+            if torch.is_tensor(out) and out.untyped_storage().data_ptr() not in inputs:  # allocated, not a view
+                LargestNewTensor.largest = max(LargestNewTensor.largest, out.numel())
+            return out
+
+    sums = tc.TeaCache._sums
+
+    summed = []  # sizes of the tensors summed
+
+    def watched(self, fn, *tensors):
+        summed.extend(t.numel() for t in tensors)
+        with LargestNewTensor():
+            return sums(self, fn, *tensors)
+
+    monkeypatch.setattr(tc, "CHUNK_ELEMENTS", 97)
+    monkeypatch.setattr(tc.TeaCache, "_sums", watched)
+    chunked = run_rules(curved, rules=["fitted"])[1]["fitted"]
+    assert min(summed) > 5 * 97  # many chunks each
+    assert chunked["computed_steps"] == whole["computed_steps"] and len(whole["gains"]) > 2
+    assert chunked["rel_l1"] == pytest.approx(whole["rel_l1"], rel=1e-5)
+    assert chunked["gains"] == pytest.approx(whole["gains"], rel=1e-5)
+    assert 0 < LargestNewTensor.largest <= 97
+
+
 def test_reports_carry_the_options():
     model = FakeHunyuanTransformer()
     cache = tc.enable_teacache(model, 0.2, warmup_steps=3, max_consecutive_skips=2, rule="extrapolate",
