@@ -13,25 +13,31 @@ process. Each rank saves its own results and TeaCache report. Checked here:
 * without that reduction (``process_group=None``) each rank measures only its own shard
   and the ranks' distances differ: at a threshold between them one rank would skip the
   blocks while the other runs them, and the collectives inside the blocks would hang.
+* the whole CLI under ``torchrun`` (ulysses 2): one process's decisions and frames, and
+  rank 0 alone saves.
 
 Needs ``HUNYUANVIDEO_ROOT`` (a Tencent/HunyuanVideo checkout), xfuser and yunchang.
-About 30 s on two CPU cores (three launches; most of it is imports).
+About 55 s on two CPU cores (five launches; most of it is imports).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import torch
 
 from support.launch import free_port, run_worker
+from support.tiny_checkpoints import make_tiny_model_base
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "support" / "sp_worker.py"
+RUNNER = ROOT / "tests" / "support" / "run_cpu.py"
 
 STEPS = 16
 THRESH = 0.6  # 4 of 16 steps skipped; every decision >= 0.1 away from the threshold
@@ -100,19 +106,24 @@ def test_without_teacache_parallel_matches_single(ranks, single):
     assert torch.equal(ranks[0]["runs"]["off"]["latents"], ranks[1]["runs"]["off"]["latents"])
 
 
-def test_teacache_ranks_take_the_single_process_decisions(ranks, single):
+def _assert_decisions_clear_of_the_threshold(report: dict) -> None:
+    """The reference decisions are not balanced on a rounding error (so a test comparing them cannot flake)."""
     from teacache_sample_video import TeaCacheConfig, teacache_decision
 
+    thresh, steps = report["rel_l1_thresh"], report["num_steps"]
+    cfg, acc, margin = TeaCacheConfig(thresh), 0.0, float("inf")
+    for step, d in enumerate(report["rel_l1"]):
+        x = 0.0 if d is None else cfg.rescale(d)
+        if 0 < step < steps - 2:
+            margin = min(margin, abs(acc + x - thresh))
+        _, acc = teacache_decision(step, steps, acc, x, thresh)
+    assert margin > 1e-3, f"retune THRESH: a decision is within {margin:.1e} of the threshold"
+
+
+def test_teacache_ranks_take_the_single_process_decisions(ranks, single):
     ref = single["runs"]["teacache"]["report"]
     assert ref["computed_steps"] and ref["skipped_steps"], f"retune THRESH: single-process decisions {ref}"
-    # The reference decisions are not balanced on a rounding error (so this test cannot flake).
-    cfg, acc, margin = TeaCacheConfig(THRESH), 0.0, float("inf")
-    for step, d in enumerate(ref["rel_l1"]):
-        x = 0.0 if d is None else cfg.rescale(d)
-        if 0 < step < STEPS - 2:
-            margin = min(margin, abs(acc + x - THRESH))
-        _, acc = teacache_decision(step, STEPS, acc, x, THRESH)
-    assert margin > 1e-3, f"retune THRESH: a decision is within {margin:.1e} of the threshold"
+    _assert_decisions_clear_of_the_threshold(ref)
 
     reports = [res["runs"]["teacache"]["report"] for res in ranks]
     for r, rep in enumerate(reports):
@@ -173,3 +184,30 @@ def test_without_reduction_rank_distances_differ(ranks, single):
     thresh = (x0 + x1) / 2
     decisions = [teacache_decision(1, STEPS, 0.0, x, thresh)[0] for x in (x0, x1)]
     assert decisions[0] != decisions[1], (x0, x1)
+
+
+def test_the_cli_under_torchrun_takes_the_single_process_decisions_and_saves_once(tmp_path):
+    """The product as people launch it: ``torchrun --nproc_per_node=2 teacache_sample_video.py ... --ulysses-degree 2
+    --ring-degree 1`` (upstream's ``from_pretrained`` sets up xfuser; the runner only sends its nccl and ``cuda:N`` to
+    gloo and the CPU). Rank 0 alone writes the video and its report; both match one process's."""
+    base = make_tiny_model_base(tmp_path / "model_base")
+    cli = [str(RUNNER), str(ROOT / "teacache_sample_video.py"), *base["cli_args"], "--video-size", "32", "32",
+           "--video-length", "5", "--infer-steps", "12", "--prompt", "a cat walks on the grass", "--seed", "1",
+           "--flow-reverse", "--rel-l1-thresh", str(THRESH)]
+    env = {**base["env"], "PYTHONPATH": ""}
+    run_worker([sys.executable, *cli, "--save-path", str(tmp_path / "single")], "single-process CLI", TIMEOUT_S, env)
+    log = run_worker([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
+                      f"--master-port={free_port()}", *cli, "--ulysses-degree", "2", "--ring-degree", "1",
+                      "--save-path", str(tmp_path / "sp")], "torchrun CLI (ulysses 2)", TIMEOUT_S, env)
+    assert log.count("prompt 1/1: TeaCache") == 2  # both ranks denoised (and logged it)
+    (single_video,), (sp_video,) = (sorted((tmp_path / d).glob("*.mp4")) for d in ("single", "sp"))
+    assert sorted(p.suffix for p in (tmp_path / "sp").iterdir()) == [".json", ".mp4"]  # one video, one report
+    single, sp = (json.loads(v.with_suffix(".json").read_text()) for v in (single_video, sp_video))
+    assert sp["sequence_parallel_reduced"] and not single["sequence_parallel_reduced"]
+    assert single["computed_steps"] and single["skipped_steps"]
+    _assert_decisions_clear_of_the_threshold(single)
+    assert (sp["computed_steps"], sp["skipped_steps"]) == (single["computed_steps"], single["skipped_steps"])
+    assert sp["rel_l1"][1:] == pytest.approx(single["rel_l1"][1:], rel=RTOL)
+    assert sp["upstream_args"]["ulysses_degree"] == 2
+    frames = [iio.imread(v).astype(int) for v in (single_video, sp_video)]
+    assert frames[0].shape == frames[1].shape and abs(frames[0] - frames[1]).max() <= 1

@@ -14,7 +14,10 @@ Before SCRIPT runs as ``__main__`` (via runpy, ``sys.argv = [SCRIPT, *args]``,
 4. redirects ``torch.autocast(device_type="cuda")`` to the CPU (no-op for
    fp32 runs, where upstream disables autocast anyway);
 5. if ``import torchvision`` fails, installs a minimal ``torchvision`` stub
-   whose ``utils.make_grid`` is enough for upstream's ``save_videos_grid``.
+   whose ``utils.make_grid`` is enough for upstream's ``save_videos_grid``;
+6. under ``torchrun`` (``WORLD_SIZE`` > 1), installs xfuser's CPU stand-ins and
+   sends upstream's nccl / ``cuda:N`` set-up to gloo and the CPU
+   (``xfuser_cpu.py``), so that ``--ulysses-degree`` / ``--ring-degree`` run.
 
 Optional: ``HYVIDEO_CPU_SAVE_TENSORS=DIR`` also saves every tensor passed to
 ``hyvideo.utils.file_utils.save_videos_grid`` as ``DIR/<video name>.pt``
@@ -123,6 +126,11 @@ def prepare() -> None:
     hyvideo_cpu.install_cpu_standins()
     hyvideo_cpu.install_cuda_autocast_redirect()
     install_torchvision_stub()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from tests.support import xfuser_cpu
+
+        xfuser_cpu.install_xfuser_cpu_standins()
+        xfuser_cpu.install_hyvideo_distributed_cpu_redirect()
     dump_dir = os.environ.get("HYVIDEO_CPU_SAVE_TENSORS")
     if dump_dir:
         _install_tensor_dump(dump_dir)

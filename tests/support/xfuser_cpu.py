@@ -26,6 +26,11 @@ enough, *in memory and only in the calling process*, for that path to run under
    ``_flash_attn_forward`` for the padded text tail and checks ``flash_attn.__version__``;
    CPU stand-ins are placed in that module's namespace (see
    ``install_hyvideo_parallel_attention_standin``).
+7. Upstream's whole CLI under ``torchrun`` (``install_hyvideo_distributed_cpu_redirect``):
+   ``HunyuanVideoSampler.from_pretrained`` calls ``dist.init_process_group("nccl")`` and
+   xfuser's group set-up without a backend (xfuser then asks for an accelerator), and it and
+   the pipeline place everything on ``torch.device(f"cuda:{rank}")``. The backend becomes
+   gloo, and ``torch.device`` as those two modules see it maps ``cuda:N`` to the CPU.
 
 Nothing here is used outside the tests.  Upstream code is never copied; it is
 imported and its module globals are patched.
@@ -42,6 +47,7 @@ from contextlib import contextmanager
 import torch
 
 __all__ = [
+    "install_hyvideo_distributed_cpu_redirect",
     "cpu_flash_attn_forward",
     "install_xfuser_cpu_standins",
     "install_hyvideo_parallel_attention_standin",
@@ -181,3 +187,42 @@ def _install_xfuser() -> None:
             for name in (ring + ".ring_flash_attn", ring + ".ring_npu_flash_attn", ring):
                 importlib.reload(sys.modules[name])
     assert lca.xFuserLongContextAttention.__mro__[1].__name__ == "LongContextAttention"
+
+
+class _CpuDeviceTorch(types.ModuleType):
+    """``torch`` as one upstream module sees it, with ``torch.device("cuda:N")`` giving the CPU."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def device(spec, *args):
+        return torch.device("cpu") if str(spec).startswith("cuda") else torch.device(spec, *args)
+
+
+def install_hyvideo_distributed_cpu_redirect() -> None:
+    """Item 7 of the module docstring (idempotent). Call after ``install_xfuser_cpu_standins``, in a process that
+    ``torchrun`` started, before ``HunyuanVideoSampler.from_pretrained`` runs."""
+    import functools
+
+    import torch.distributed as dist
+    import hyvideo.diffusion.pipelines.pipeline_hunyuan_video as pipeline
+    import hyvideo.inference as inference
+
+    if inference.xfuser is None:
+        raise RuntimeError("hyvideo.inference was imported before install_xfuser_cpu_standins()")
+    if getattr(dist.init_process_group, "_cpu_standin", False):
+        return
+    original = dist.init_process_group
+
+    def init_process_group(backend=None, *args, **kwargs):
+        return original("gloo" if backend in (None, "nccl") else backend, *args, **kwargs)
+
+    init_process_group._cpu_standin = True
+    dist.init_process_group = init_process_group
+    for name in ("init_distributed_environment", "initialize_model_parallel"):
+        setattr(inference, name, functools.partial(getattr(inference, name), backend="gloo"))
+    inference.torch = pipeline.torch = _CpuDeviceTorch()
