@@ -244,9 +244,7 @@ def test_statistics_summed_in_chunks_equal_whole_tensor_sums_and_keep_temporarie
                 LargestNewTensor.largest = max(LargestNewTensor.largest, out.numel())
             return out
 
-    sums = tc.TeaCache._sums
-
-    summed = []  # sizes of the tensors summed
+    sums, summed = tc.TeaCache._sums, []  # the method, and the sizes of the tensors it sums
 
     def watched(self, fn, *tensors):
         summed.extend(t.numel() for t in tensors)
