@@ -13,11 +13,11 @@ process. Each rank saves its own results and TeaCache report. Checked here:
 * without that reduction (``process_group=None``) each rank measures only its own shard
   and the ranks' distances differ: at a threshold between them one rank would skip the
   blocks while the other runs them, and the collectives inside the blocks would hang.
-* the whole CLI under ``torchrun`` (ulysses 2): one process's decisions and frames, and
-  rank 0 alone saves.
+* the whole CLI under ``torchrun`` (ulysses 2): one process's decisions and frames, rank 0
+  alone saves, and ``--teacache-calibrate`` writes one process's profile.
 
 Needs ``HUNYUANVIDEO_ROOT`` (a Tencent/HunyuanVideo checkout), xfuser and yunchang.
-About 55 s on two CPU cores (five launches; most of it is imports).
+About 65 s on two CPU cores (seven launches; most of it is imports).
 """
 
 from __future__ import annotations
@@ -186,19 +186,27 @@ def test_without_reduction_rank_distances_differ(ranks, single):
     assert decisions[0] != decisions[1], (x0, x1)
 
 
-def test_the_cli_under_torchrun_takes_the_single_process_decisions_and_saves_once(tmp_path):
-    """The product as people launch it: ``torchrun --nproc_per_node=2 teacache_sample_video.py ... --ulysses-degree 2
-    --ring-degree 1`` (upstream's ``from_pretrained`` sets up xfuser; the runner only sends its nccl and ``cuda:N`` to
-    gloo and the CPU). Rank 0 alone writes the video and its report; both match one process's."""
+def _cli_single_and_torchrun(tmp_path, *extra) -> tuple:
+    """Our CLI on upstream's tiny model twice: one process (output in tmp_path/single) and ``torchrun
+    --nproc_per_node=2 ... --ulysses-degree 2 --ring-degree 1`` (tmp_path/sp; upstream's ``from_pretrained`` sets up
+    xfuser, the runner only sends its nccl and ``cuda:N`` to gloo and the CPU). ``{out}`` in ``extra`` becomes the
+    run's output directory. Returns the torchrun log."""
     base = make_tiny_model_base(tmp_path / "model_base")
     cli = [str(RUNNER), str(ROOT / "teacache_sample_video.py"), *base["cli_args"], "--video-size", "32", "32",
            "--video-length", "5", "--infer-steps", "12", "--prompt", "a cat walks on the grass", "--seed", "1",
-           "--flow-reverse", "--rel-l1-thresh", str(THRESH)]
+           "--flow-reverse"]
     env = {**base["env"], "PYTHONPATH": ""}
-    run_worker([sys.executable, *cli, "--save-path", str(tmp_path / "single")], "single-process CLI", TIMEOUT_S, env)
-    log = run_worker([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
-                      f"--master-port={free_port()}", *cli, "--ulysses-degree", "2", "--ring-degree", "1",
-                      "--save-path", str(tmp_path / "sp")], "torchrun CLI (ulysses 2)", TIMEOUT_S, env)
+    mine = lambda out: [str(tmp_path / out), *(a.format(out=tmp_path / out) for a in extra)]  # noqa: E731
+    run_worker([sys.executable, *cli, "--save-path", *mine("single")], "single-process CLI", TIMEOUT_S, env)
+    return run_worker([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master-addr=127.0.0.1",
+                       f"--master-port={free_port()}", *cli, "--ulysses-degree", "2", "--ring-degree", "1",
+                       "--save-path", *mine("sp")], "torchrun CLI (ulysses 2)", TIMEOUT_S, env)
+
+
+def test_the_cli_under_torchrun_takes_the_single_process_decisions_and_saves_once(tmp_path):
+    """The product as people launch it on several GPUs. Rank 0 alone writes the video and its report; both match
+    one process's."""
+    log = _cli_single_and_torchrun(tmp_path, "--rel-l1-thresh", str(THRESH))
     assert log.count("prompt 1/1: TeaCache") == 2  # both ranks denoised (and logged it)
     (single_video,), (sp_video,) = (sorted((tmp_path / d).glob("*.mp4")) for d in ("single", "sp"))
     assert sorted(p.suffix for p in (tmp_path / "sp").iterdir()) == [".json", ".mp4"]  # one video, one report
@@ -211,3 +219,15 @@ def test_the_cli_under_torchrun_takes_the_single_process_decisions_and_saves_onc
     assert sp["upstream_args"]["ulysses_degree"] == 2
     frames = [iio.imread(v).astype(int) for v in (single_video, sp_video)]
     assert frames[0].shape == frames[1].shape and abs(frames[0] - frames[1]).max() <= 1
+
+
+def test_the_cli_under_torchrun_calibrates_the_single_process_profile(tmp_path):
+    """--teacache-calibrate under sequence parallelism: the traces are reduced over the group, so the profile (written
+    by rank 0) holds the full-tensor indicator and residual change of one process, and the same coefficients."""
+    _cli_single_and_torchrun(tmp_path, "--teacache-calibrate", "{out}/profile.json")
+    single, sp = (json.loads((tmp_path / d / "profile.json").read_text()) for d in ("single", "sp"))
+    assert sp["num_steps"] == single["num_steps"] == 12 and len(sp["traces"]) == 1
+    for key in ("rel_l1", "residual_rel_l1"):
+        got, want = sp["traces"][0][key], single["traces"][0][key]
+        assert got[0] is None and want[0] is None and got[1:] == pytest.approx(want[1:], rel=RTOL)
+    assert sp["coefficients"] == pytest.approx(single["coefficients"], rel=1e-3, abs=1e-6)
