@@ -397,6 +397,7 @@ class TeaCache:
         step = self._extrapolation_step(b, self._gen.timestep)
         if step is None:
             return
+
         def sums(now, r1, r0):
             slope = torch.sub(r1, r0)
             return torch.mul(now - r1, slope).sum(dtype=torch.float32), slope.square_().sum(dtype=torch.float32)

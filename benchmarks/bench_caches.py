@@ -104,10 +104,11 @@ class Random:
         inputs["hidden_states"] = torch.randn(1, 16, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
         inputs["encoder_hidden_states"] = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(seed + 1))
         inputs["pooled_projections"] = torch.randn(1, 16, generator=torch.Generator().manual_seed(seed + 2))
+        steps = steps or self.steps
         if cache is not None:
-            cache.reset(self.steps)
+            cache.reset(steps)
         with torch.no_grad():
-            return self._sample(self.transformer, inputs, steps or self.steps)
+            return self._sample(self.transformer, inputs, steps)
 
 
 # -- methods ----------------------------------------------------------------------------------------------------

@@ -77,21 +77,6 @@ def _parse(argv=None):
     return p.parse_args(argv)
 
 
-def _init_parallel(args) -> tuple[int, int]:
-    """gloo + xfuser groups, as ``Inference.from_pretrained`` does with nccl."""
-    import torch.distributed as dist
-    from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel
-
-    dist.init_process_group("gloo")
-    world = dist.get_world_size()
-    if world != args.ulysses_degree * args.ring_degree:
-        sys.exit(f"world size {world} != ulysses {args.ulysses_degree} x ring {args.ring_degree}")
-    init_distributed_environment(rank=dist.get_rank(), world_size=world, backend="gloo")
-    initialize_model_parallel(sequence_parallel_degree=world, ring_degree=args.ring_degree,
-                              ulysses_degree=args.ulysses_degree, backend="gloo")
-    return dist.get_rank(), world
-
-
 def _denoise(pipe, inputs, steps: int, cache=None) -> dict:
     """Euler flow matching, sigma 1 -> 0, batched CFG (uncond row 0, cond row 1).
 
@@ -133,10 +118,10 @@ def main(argv=None) -> int:
     if args.single:
         rank, world = 0, 1
     else:
-        from tests.support.xfuser_cpu import install_xfuser_cpu_standins
+        from tests.support.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
 
         install_xfuser_cpu_standins()  # before hyvideo.inference imports xfuser
-        rank, world = _init_parallel(args)
+        rank, world = init_gloo_sequence_parallel(args.ulysses_degree, args.ring_degree)
 
     # Same weights on every rank; no guidance embedding: CFG is batched instead, as upstream does.
     transformer, _ = make_tiny_transformer(seed=args.seed, guidance_embed=False)

@@ -34,21 +34,17 @@ PROBE_THRESH = 1e-6  # below the published polynomial's minimum: never skips
 
 def _parallel_model(plain):
     import torch
-    import torch.distributed as dist
 
-    from support.xfuser_cpu import install_xfuser_cpu_standins
+    from support.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
 
     install_xfuser_cpu_standins(hyvideo=False)
-    from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel
     from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY, AttentionBackendType
     import xfuser.model_executor.layers.usp as usp
     import yunchang.globals
     import xfuser.model_executor.models.transformers.transformer_hunyuan_video as xhv
 
-    dist.init_process_group("gloo")
-    init_distributed_environment(rank=dist.get_rank(), world_size=dist.get_world_size(), backend="gloo")
-    initialize_model_parallel(sequence_parallel_degree=dist.get_world_size(), ring_degree=1,
-                              ulysses_degree=dist.get_world_size(), backend="gloo")
+    rank, _ = init_gloo_sequence_parallel(ulysses_degree=int(os.environ["WORLD_SIZE"]), ring_degree=1)
+
     def cpu_flash_attention(query, key, value, dropout_p, is_causal, attention_kwargs=None):
         # torch's ring merge needs the log-sum-exp, which xfuser's SDPA backend does not return
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -63,7 +59,7 @@ def _parallel_model(plain):
     usp.PROCESS_GROUP = yunchang.globals.PROCESS_GROUP  # usp.py leaves it None when CUDA is absent at import
     model = xhv.xFuserHunyuanVideoTransformer3DWrapper.from_config(plain.config)
     model.load_state_dict(plain.state_dict())
-    return model.eval(), dist.get_rank()
+    return model.eval(), rank
 
 
 def main(argv=None) -> int:

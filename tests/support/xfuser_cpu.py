@@ -47,6 +47,7 @@ from contextlib import contextmanager
 import torch
 
 __all__ = [
+    "init_gloo_sequence_parallel",
     "install_hyvideo_distributed_cpu_redirect",
     "cpu_flash_attn_forward",
     "install_xfuser_cpu_standins",
@@ -226,3 +227,19 @@ def install_hyvideo_distributed_cpu_redirect() -> None:
     for name in ("init_distributed_environment", "initialize_model_parallel"):
         setattr(inference, name, functools.partial(getattr(inference, name), backend="gloo"))
     inference.torch = pipeline.torch = _CpuDeviceTorch()
+
+
+def init_gloo_sequence_parallel(ulysses_degree: int, ring_degree: int) -> tuple:
+    """In a ``torchrun`` worker: gloo, then xfuser's sequence-parallel groups (what ``from_pretrained`` does with
+    nccl). Returns ``(rank, world_size)``; exits if the world is not ``ulysses_degree * ring_degree``."""
+    import torch.distributed as dist
+    from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel
+
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    if world != ulysses_degree * ring_degree:
+        sys.exit(f"world size {world} != ulysses {ulysses_degree} x ring {ring_degree}")
+    init_distributed_environment(rank=dist.get_rank(), world_size=world, backend="gloo")
+    initialize_model_parallel(sequence_parallel_degree=world, ring_degree=ring_degree, ulysses_degree=ulysses_degree,
+                              backend="gloo")
+    return dist.get_rank(), world
