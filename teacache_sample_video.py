@@ -182,12 +182,11 @@ def teacache_decision(step: int, num_steps: int, accumulated: float, rescaled: f
                       max_consecutive_skips: Optional[int] = None):
     """The published rule for one step: returns ``(compute, new_accumulated)``.
 
-    The first ``warmup_steps`` steps and the last two are always computed: the reference
-    script's step counter wraps at ``infer_steps - 1``, so it also forces the step before
-    the last; keeping that makes every decision equal to the reference's. With
-    ``max_consecutive_skips`` a step is computed once that many were skipped in a row.
+    The first ``warmup_steps`` steps (the reference: 1) and the last step are always computed, nothing
+    else: the reference script as fixed on 2024-12-27 (``num_steps = infer_steps``, its counter wrapping
+    at ``num_steps``). With ``max_consecutive_skips`` a step is computed once that many were skipped in a row.
     """
-    if step < warmup_steps or step >= num_steps - 2:
+    if step < warmup_steps or step >= num_steps - 1:
         return True, 0.0
     accumulated += rescaled
     if accumulated < rel_l1_thresh and (max_consecutive_skips is None or skipped_in_a_row < max_consecutive_skips):
@@ -840,6 +839,19 @@ def _video_name(seed, prompt: str) -> str:
     return f"{datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}_seed{seed}_{prompt[:100].replace('/', '')}.mp4"
 
 
+def _standalone_help() -> None:
+    """``--help`` outside a checkout: the TeaCache flags, and where the others come from."""
+    parser = add_teacache_args(_ArgumentParser(
+        prog="teacache_sample_video.py", usage="%(prog)s [sample_video.py's flags] [TeaCache flags]",
+        description="HunyuanVideo inference with TeaCache. Copy this file next to sample_video.py in a Tencent "
+                    "HunyuanVideo checkout and run it there with sample_video.py's flags (upstream's argument "
+                    "groups from hyvideo/config.py: --help there lists them all) plus the TeaCache flags below.",
+        epilog="No HunyuanVideo checkout here, so only the TeaCache flags are listed. Without a checkout, "
+               "--diffusers-model runs diffusers' HunyuanVideoPipeline instead (see "
+               "`teacache_sample_video.py --diffusers-model X --help`)."))
+    parser.print_help()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Upstream HunyuanVideo (run from a checkout); with ``--diffusers-model``, diffusers' pipeline instead."""
     import importlib.util
@@ -848,6 +860,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(a == "--diffusers-model" or a.startswith("--diffusers-model=") for a in argv):
         return diffusers_main(argv)
     if importlib.util.find_spec("hyvideo") is None:
+        if any(a in ("-h", "--help") for a in argv):
+            _standalone_help()
+            return 0
         print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
               "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo and run it from there "
               "(or pass --diffusers-model to use diffusers' HunyuanVideoPipeline)", file=sys.stderr)
@@ -984,6 +999,11 @@ def diffusers_main(argv: Sequence[str]) -> int:
     if args.teacache_calibrate:
         finish_calibration(args, pipe.transformer, traces, setting)
     return 0
+
+
+def diffusers_cli() -> int:
+    """Console entry of the installed package (``teacache-hunyuanvideo``): the diffusers CLI."""
+    return diffusers_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -2,13 +2,19 @@
 
 It drives an unmodified transformer: the indicator comes from the first block's real inputs (captured by
 a pre-hook that stops the forward there), a computed step is the plain forward, and a skipped step is the
-forward with its block lists emptied and the cached residual added to the input of the final layer. The
-step counter is the reference script's: ``num_steps = infer_steps - 1`` and it wraps there.
+forward with its block lists emptied and the cached residual added to the input of the final layer.
+
+The step counter is the reference script's as it stands since its fix of 2024-12-27 (TeaCache repository,
+TeaCache4HunyuanVideo/teacache_sample_video.py, commit 27ecce2 "fix small bug"): ``num_steps = infer_steps``,
+``cnt += 1`` wrapping to 0 at ``num_steps``, and a step is forced when ``cnt == 0 or cnt == num_steps - 1``:
+the first and the last step, nothing else. (Its first version, 2024-12-24, had ``num_steps = infer_steps - 1``
+with the counter wrapping at ``num_steps - 1``, which also forced the second-to-last step.)
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 PUBLISHED = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
@@ -18,14 +24,41 @@ class _Stop(Exception):
     pass
 
 
+class ReferenceCounter:
+    """The reference's decision arithmetic, line for line: feed it each step's indicator (``None`` is fine on the
+    steps it forces) and it says whether to compute. Also replays a recorded trace (``decisions``)."""
+
+    def __init__(self, infer_steps, thresh, coefficients=PUBLISHED):
+        self.num_steps, self.cnt, self.acc, self.thresh = infer_steps, 0, 0.0, thresh
+        self.rescale = np.poly1d(coefficients)
+
+    def __call__(self, rel_l1) -> bool:
+        if self.cnt == 0 or self.cnt == self.num_steps - 1:
+            calc, self.acc = True, 0.0
+        else:
+            self.acc += self.rescale(rel_l1)
+            calc = not self.acc < self.thresh
+            if calc:
+                self.acc = 0.0
+        self.cnt += 1
+        if self.cnt == self.num_steps:
+            self.cnt = 0
+        return calc
+
+
+def reference_computed_steps(rel_l1, thresh, coefficients=PUBLISHED):
+    """The steps the reference computes on a recorded indicator trace (e.g. a report's ``rel_l1``)."""
+    counter = ReferenceCounter(len(rel_l1), thresh, coefficients)
+    return [step for step, value in enumerate(rel_l1) if counter(value)]
+
+
 class ReferenceTeaCache:
     def __init__(self, model, infer_steps, thresh, *, block_lists, final, modulated, image_arg=0,
                  coefficients=PUBLISHED):
-        self.model, self.thresh = model, thresh
+        self.model = model
         self.block_lists, self.final, self.modulated, self.image_arg = block_lists, final, modulated, image_arg
-        self.num_steps, self.cnt, self.acc = infer_steps - 1, 0, 0.0
+        self.counter = ReferenceCounter(infer_steps, thresh, coefficients)
         self.prev_mod = self.residual = None
-        self.rescale = np.poly1d(coefficients)
         self.decisions = []
 
     def _first_block_inputs(self, args, kwargs):
@@ -48,15 +81,10 @@ class ReferenceTeaCache:
     def __call__(self, *args, **kwargs):
         first, a, kw = self._first_block_inputs(args, kwargs)
         mod = self.modulated(first, a, kw)
-        if self.cnt == 0 or self.cnt == self.num_steps - 1:
-            calc, self.acc = True, 0.0
-        else:
-            self.acc += self.rescale(((mod - self.prev_mod).abs().mean() / self.prev_mod.abs().mean()).item())
-            calc = not self.acc < self.thresh
-            if calc:
-                self.acc = 0.0
+        rel_l1 = None if self.prev_mod is None else \
+            ((mod - self.prev_mod).abs().mean() / self.prev_mod.abs().mean()).item()
+        calc = self.counter(rel_l1)
         self.prev_mod = mod
-        self.cnt = 0 if self.cnt == self.num_steps - 1 else self.cnt + 1
         self.decisions.append(calc)
         final = getattr(self.model, self.final)
         image_in = a[self.image_arg]
@@ -89,5 +117,20 @@ def hyvideo_modulated(block, args, kwargs):
 
 
 HYVIDEO = dict(block_lists=("double_blocks", "single_blocks"), final="final_layer", modulated=hyvideo_modulated)
+def diffusers_modulated(block, args, kwargs):
+    """diffusers' first dual-stream block, written out: ``norm(x) * (1 + scale) + shift`` from
+    ``norm1.linear(silu(temb))``; in image-to-video with ``token_replace`` the first frame's tokens take the
+    shift and scale of ``token_replace_emb`` instead (args 5 and 6 of the block)."""
+    x, temb = args[0], args[2]
+    norm = block.norm1
+    shift, scale = norm.linear(norm.silu(temb)).chunk(6, dim=1)[:2]
+    out = norm.norm(x) * (1 + scale[:, None]) + shift[:, None]
+    if "TokenReplace" in type(norm).__name__:
+        tr_shift, tr_scale = norm.linear(norm.silu(args[5])).chunk(6, dim=1)[:2]
+        n = args[6]
+        out = torch.cat([norm.norm(x[:, :n]) * (1 + tr_scale[:, None]) + tr_shift[:, None], out[:, n:]], dim=1)
+    return out
+
+
 DIFFUSERS = dict(block_lists=("transformer_blocks", "single_transformer_blocks"), final="norm_out",
-                 modulated=lambda block, args, kwargs: block.norm1(args[0], emb=args[2])[0])
+                 modulated=diffusers_modulated)

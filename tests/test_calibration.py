@@ -117,7 +117,7 @@ def test_warmup_and_skip_cap_are_respected(warmup, cap):
     sample(model, x, txt, STEPS)
     s = cache.stats()
     skipped = set(s["skipped_steps"])
-    assert not skipped & set(range(warmup)) and {STEPS - 2, STEPS - 1}.isdisjoint(skipped)
+    assert not skipped & set(range(warmup)) and STEPS - 1 not in skipped
     if cap is not None:
         assert longest_skip_run(skipped) <= cap
     if cap != 0:

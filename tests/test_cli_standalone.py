@@ -17,3 +17,14 @@ def test_outside_a_checkout_says_where_to_copy_the_file_and_exits_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "sample_video.py" in lines[0] and "HunyuanVideo" in lines[0]
     assert proc.stdout == ""
+
+
+def test_help_outside_a_checkout_lists_the_teacache_flags(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--rel-l1-thresh", "--teacache-rule", "--teacache-calibrate", "--teacache-speedup"):
+        assert flag in proc.stdout
+    assert "sample_video.py" in proc.stdout and "hyvideo/config.py" in proc.stdout  # where the other flags live
+    assert "--diffusers-model" in proc.stdout and proc.stderr == ""

@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import pytest
 
 import teacache_sample_video as tc
+from reference_rule import reference_computed_steps
 from tiny_diffusers import make_tiny_pipeline
 
 
@@ -31,6 +32,7 @@ def test_writes_each_video_with_its_report(pipeline_dir, tmp_path):
         assert r["num_steps"] == 8 and sorted(r["computed_steps"] + r["skipped_steps"]) == list(range(8))
         assert r["rel_l1_thresh"] == 0.3 and r["diffusers_args"]["diffusers_model"] == str(pipeline_dir)
         assert r["num_branches"] == 1 and r["transformer_calls"] == 8
+        assert r["computed_steps"] == reference_computed_steps(r["rel_l1"], 0.3)
 
 
 def test_true_cfg_reports_two_branches(pipeline_dir, tmp_path):
@@ -38,6 +40,8 @@ def test_true_cfg_reports_two_branches(pipeline_dir, tmp_path):
     (video,) = tmp_path.glob("*.mp4")
     r = json.loads(video.with_suffix(".json").read_text())
     assert r["num_branches"] == 2 and r["transformer_calls"] == 16 and len(r["branches"]) == 2
+    for branch in r["branches"]:  # each branch as the reference would decide on its own indicator
+        assert branch["computed_steps"] == reference_computed_steps(branch["rel_l1"], 0.3)
 
 
 def test_threshold_zero_matches_the_plain_pipeline(pipeline_dir, tmp_path):

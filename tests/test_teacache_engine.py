@@ -32,9 +32,14 @@ def test_rescale_is_the_published_polynomial():
     assert np.polyval(tc.PUBLISHED_COEFFICIENTS, xs).min() == pytest.approx(0.0522, abs=5e-4)
 
 
-def test_decision_first_and_last_two_steps_always_computed():
-    for step in (0, 18, 19):
+def test_decision_forces_only_the_first_and_the_last_step():
+    """The reference as fixed on 2024-12-27: step 0 and step ``num_steps - 1`` are forced, nothing else."""
+    for step in (0, 19):
         assert tc.teacache_decision(step, 20, 0.0, 0.0, 1e9) == (True, 0.0)
+    for step in (1, 10, 18):  # the second-to-last step is decided like any other
+        assert tc.teacache_decision(step, 20, 0.0, 0.0, 1e9) == (False, 0.0)
+    assert tc.teacache_decision(18, 20, 0.12, 0.06, 0.15) == (True, 0.0)
+    assert tc.teacache_decision(2, 20, 0.0, 0.0, 1e9, warmup_steps=3) == (True, 0.0)
     assert tc.teacache_decision(1, 20, 0.0, 0.06, 0.15) == (False, 0.06)
     assert tc.teacache_decision(2, 20, 0.06, 0.06, 0.15) == (False, 0.12)
     assert tc.teacache_decision(3, 20, 0.12, 0.06, 0.15) == (True, 0.0)
@@ -68,6 +73,25 @@ def test_decisions_and_outputs_equal_reference_rule(thresh):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     if thresh >= 0.15:
         assert stats["skipped_steps"], "the test trajectory should exercise skipping"
+
+
+def test_the_second_to_last_step_can_be_skipped_as_the_reference_does():
+    """A trajectory on which the rule skips step ``STEPS - 2``: the reference skips it too, and only step 0 and
+    the last are forced (the reference's first version, and this project before issue 11, computed it)."""
+    for thresh in (0.2, 0.3, 0.45, 1.0):
+        _, cache, _, outs = run(thresh)
+        if STEPS - 2 in cache.stats()["skipped_steps"]:
+            break
+    else:
+        pytest.fail("no threshold skips the second-to-last step on the test trajectory")
+    ref = ReferenceTeaCache(FakeHunyuanTransformer(), STEPS, thresh, **{**HYVIDEO, "final": "final"})
+    ref_outs = []
+    sample(ref, *make_inputs(), STEPS, ref_outs)
+    assert not ref.decisions[STEPS - 2] and ref.decisions[0] and ref.decisions[STEPS - 1]
+    assert [i for i, c in enumerate(ref.decisions) if c] == cache.stats()["computed_steps"]
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert tc.replay([None] + [0.0] * (STEPS - 1), tc.TeaCacheConfig(1e9)) == [0, STEPS - 1]
 
 
 @pytest.mark.parametrize("n_double,n_single", [(2, 2), (2, 0), (1, 0)])  # no singles: residual after doubles

@@ -18,7 +18,7 @@ if not os.environ.get("HUNYUANVIDEO_ROOT"):
 import imageio.v3 as iio  # noqa: E402
 import torch  # noqa: E402
 
-from reference_rule import HYVIDEO, ReferenceTeaCache  # noqa: E402
+from reference_rule import HYVIDEO, ReferenceTeaCache, reference_computed_steps  # noqa: E402
 from support import hyvideo_cpu as hc  # noqa: E402
 from support.tiny_checkpoints import make_tiny_model_base  # noqa: E402
 
@@ -81,6 +81,26 @@ def test_decisions_and_outputs_match_the_reference_rule(thresh):
     torch.testing.assert_close(final, ref_final, rtol=1e-5, atol=1e-5)
     if thresh >= 0.3:
         assert cache.stats()["skipped_steps"], "the trajectory should exercise skipping"
+
+
+@torch.no_grad()
+def test_the_second_to_last_step_is_skipped_where_the_reference_skips_it():
+    """The reference forces only the first and the last step (its fix of 2024-12-27); 20 steps, as in issue 11."""
+    steps = 20
+    for thresh in (0.15, 0.3, 0.6, 1.5):
+        model, inputs = model_and_inputs()
+        cache = tc.enable_teacache(model, thresh, num_steps=steps)
+        outs, ref_outs = [], []
+        denoise(model, inputs, steps=steps, outputs=outs)
+        ref = ReferenceTeaCache(model_and_inputs()[0], steps, thresh, **HYVIDEO)
+        denoise(ref, inputs, steps=steps, outputs=ref_outs)
+        assert [i for i, c in enumerate(ref.decisions) if c] == cache.stats()["computed_steps"]
+        for a, b in zip(outs, ref_outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        if not ref.decisions[steps - 2]:
+            break
+    else:
+        pytest.fail(f"retune: no threshold skips step {steps - 2}")
 
 
 @pytest.mark.parametrize("single_blocks", [2, 0])
@@ -185,6 +205,7 @@ def test_cli_writes_every_video_with_a_report(model_base, tmp_path):
         assert sorted(r["computed_steps"] + r["skipped_steps"]) == list(range(STEPS))
         assert r["skipped_steps"] and r["coefficients"] == list(tc.PUBLISHED_COEFFICIENTS)
         assert r["denoise_time_s"] > 0 and r["upstream_args"]["infer_steps"] == STEPS
+        assert r["computed_steps"] == reference_computed_steps(r["rel_l1"], 0.6)
     n = len(reports[0]["computed_steps"])
     assert f"computed {n}/{STEPS} steps, skipped {STEPS - n}" in proc.stderr
 

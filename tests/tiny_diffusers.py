@@ -95,3 +95,29 @@ def make_tiny_pipeline(root):
                                 tokenizer_2=tokenizer_2)
     pipe.save_pretrained(root / "pipeline")
     return root / "pipeline"
+
+
+def make_i2v_transformer(condition_type: str, seed: int = 0) -> HunyuanVideoTransformer3DModel:
+    """diffusers' image-to-video transformer: ``token_replace`` (first frame modulated apart) or ``latent_concat``
+    (``[latents, image latents, mask]`` in channels, as HunyuanVideoImageToVideoPipeline feeds it)."""
+    channels = TINY_CONFIG["in_channels"]
+    extra = {"in_channels": 2 * channels + 1} if condition_type == "latent_concat" else {}
+    return make_transformer(seed, image_condition_type=condition_type, **extra)
+
+
+def i2v_caller(call, condition_type: str, image_latents: torch.Tensor):
+    """Wrap ``call`` as HunyuanVideoImageToVideoPipeline feeds the transformer: the image latent replaces the
+    first latent frame (``token_replace``) or is concatenated in channels with a first-frame mask
+    (``latent_concat``). The flow of the first frame is zeroed for ``token_replace``, which the pipeline
+    never steps."""
+    def wrapped(hidden_states, **kw):
+        if condition_type == "token_replace":
+            x = torch.cat([image_latents, hidden_states[:, :, 1:]], dim=2)
+            out = call(hidden_states=x, **kw)[0]
+            return (torch.cat([torch.zeros_like(out[:, :, :1]), out[:, :, 1:]], dim=2),)
+        cond = torch.zeros_like(hidden_states)
+        cond[:, :, :1] = image_latents
+        mask = torch.zeros_like(hidden_states[:, :1])
+        mask[:, :, :1] = 1
+        return call(hidden_states=torch.cat([hidden_states, cond, mask], dim=1), **kw)
+    return wrapped
