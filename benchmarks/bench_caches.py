@@ -17,7 +17,9 @@ Prints a table (computed steps = transformer calls whose block stack really ran,
 uncached wall time / method wall time, where the uncached run is timed again right after each timed run so
 that a shared machine's drift cancels, fastest of ``--repeats`` each; PSNR/SSIM against the uncached output,
 for the random model on the raw output with the uncached output's range), and writes it as CSV, plus plots of
-PSNR and SSIM against the ideal and the measured speedup (PNG).
+PSNR and SSIM against the ideal and the measured speedup (PNG; needs matplotlib: ``pip install -r
+requirements-bench.txt``, or pass ``--no-plot``). An existing CSV or PNG is never replaced unless ``--overwrite``
+is passed (the default paths are the committed results: regenerating them needs it).
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ import io
 import ast
 import itertools
 import math
+import os
 import sys
 import time
 from pathlib import Path
+
+# before torch loads: OpenMP threads that spin-wait between ops make torch 4-6x slower when another process is
+# busy on the CPUs; a user's own OMP_WAIT_POLICY wins
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -223,16 +230,35 @@ def main() -> int:
     parser.add_argument("--replot", metavar="CSV", nargs="+",
                         help="only redraw the plot of CSVs this script wrote (their methods, or those of --methods), "
                              "to --out (default: the first CSV's name, .png)")
+    parser.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out CSV (and its PNG); without it such a run refuses to start")
     args = parser.parse_args()
     if args.replot:
+        missing = [path for path in args.replot if not Path(path).is_file()]
+        if missing:
+            return _fail(f"no such CSV: {missing[0]}")
+        if not _have_matplotlib():
+            return _fail("--replot needs matplotlib: pip install -r requirements-bench.txt")
         rows = []
         for path in args.replot:
             with open(path, newline="") as f:
                 rows += [r for r in csv.DictReader(f) if not args.methods or r["method"] in args.methods]
+        if not rows:
+            return _fail(f"no rows{' of ' + ', '.join(args.methods) if args.methods else ''} in "
+                         f"{', '.join(args.replot)}")
         model = Path(args.replot[0]).stem.removeprefix("caches_").split("_")[0]
         plot(rows, Path(args.out or Path(args.replot[0]).with_suffix(".png")),
              f"{model} model, {rows[0]['steps']} steps")
         return 0
+    # checked before the long run (20+ minutes), not after it
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
+    written = [out] if args.no_plot else [out, out.with_suffix(".png")]
+    existing = [path for path in written if path.exists()]
+    if existing and not args.overwrite:
+        return _fail(f"{existing[0]} exists: pass --overwrite to replace it, or --out another path")
+    if not args.no_plot and not _have_matplotlib():
+        return _fail("the plot needs matplotlib: pip install -r requirements-bench.txt (or pass --no-plot)")
     torch.manual_seed(0)
     subject = (Trained if args.model == "trained" else Random)(args.steps)
     counter = computed_counter(subject.transformer)
@@ -276,15 +302,31 @@ def main() -> int:
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
 
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    if not args.no_plot:
+        plot(rows, out.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
+    print(f"wrote {' and '.join(map(str, written))}")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"{Path(__file__).name}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _video(x: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,14 @@ is replaced by the test suite's SDPA stand-in (tests/support/hyvideo_cpu.py), as
 
 from __future__ import annotations
 
+import os
+
+# before torch loads (in the children; they inherit it): OpenMP threads that spin-wait between ops make torch
+# 4-6x slower when another process is busy on the CPUs; a user's own OMP_WAIT_POLICY wins
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -96,6 +101,43 @@ def run_one(setting: str, opts) -> dict:
     }
 
 
+def _hunyuanvideo_root_error() -> str | None:
+    """Why ``$HUNYUANVIDEO_ROOT`` is unusable (the check of tests/support/hyvideo_cpu.py, without importing torch),
+    or None."""
+    root = os.environ.get("HUNYUANVIDEO_ROOT", "").strip()
+    if not root:
+        return ("HUNYUANVIDEO_ROOT is not set: point it at a checkout of Tencent/HunyuanVideo (the directory that "
+                "contains hyvideo/)")
+    if not (Path(root).expanduser() / "hyvideo").is_dir():
+        return f"HUNYUANVIDEO_ROOT={root!r} does not contain a hyvideo/ package (a checkout of Tencent/HunyuanVideo)"
+    return None
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{Path(__file__).name}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _run_child(cmd, setting: str):
+    """One setting in a fresh process: (its JSON row, None), or (None, a one-line error) after printing the tail
+    of its stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1]), None
+        except json.JSONDecodeError:
+            pass
+    tail = [line for line in proc.stderr.rstrip().splitlines() if line.strip()][-15:]
+    if tail:
+        print(f"--- last lines of the stderr of setting {setting}'s process ---", file=sys.stderr)
+        print("\n".join(tail), file=sys.stderr)
+        print("---", file=sys.stderr)
+    what = tail[-1].strip() if tail else "no output on stderr"
+    status = f"exit status {proc.returncode}" if proc.returncode else "no JSON row on stdout"
+    return None, f"setting {setting} failed ({status}): {what}"
+
+
 def _mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
@@ -118,6 +160,9 @@ def main() -> int:
                              "drift hits all alike); each setting keeps its fastest run")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     opts = parser.parse_args()
+    problem = _hunyuanvideo_root_error()
+    if problem:
+        return _fail(problem, 2)
     if opts.one:
         print(json.dumps(run_one(opts.one, opts)))
         return 0
@@ -128,8 +173,9 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--one", setting, "--size", opts.size, "--steps", str(opts.steps),
                    "--latent", *map(str, opts.latent), "--text-len", str(opts.text_len), "--flow-shift",
                    str(opts.flow_shift), "--device", opts.device, "--dtype", opts.dtype]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            row = json.loads(out.strip().splitlines()[-1])
+            row, error = _run_child(cmd, setting)
+            if error:
+                return _fail(error, 1)
             print(f"  run {repeat + 1}/{opts.repeats} {setting}: {row['wall_s']:.1f} s", file=sys.stderr, flush=True)
             if setting not in fastest or row["wall_s"] < fastest[setting]["wall_s"]:
                 fastest[setting] = row

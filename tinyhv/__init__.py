@@ -10,6 +10,12 @@ and the speed-vs-fidelity benchmark run anywhere, on CPU, in seconds::
     video = model.generate("a big red circle moves left on a dark background", seed=0)  # (T, H, W, 3) in [0, 1]
 """
 
-from .model import DEFAULT_ASSETS, TinyHunyuanVideo, TinyTextEncoder
-
 __all__ = ["DEFAULT_ASSETS", "TinyHunyuanVideo", "TinyTextEncoder"]
+
+
+def __getattr__(name):  # lazy, so that ``python -m tinyhv.evaluate`` / ``tinyhv.train`` set OMP_WAIT_POLICY before torch
+    if name in __all__:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

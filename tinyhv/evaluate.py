@@ -2,7 +2,9 @@
 
     python -m tinyhv.evaluate                       # held-out combinations, 3 seeds each, 50 uncached steps
     python -m tinyhv.evaluate --ground-truth        # the judge on rendered clips (should be 100%)
-    python -m tinyhv.evaluate --split train --grid /tmp/train_grid.png
+    python -m tinyhv.evaluate --split train --grid /tmp/train_grid.png   # also a PNG of the first samples
+
+Nothing is written but what ``--grid`` and ``--json`` name.
 
 A rule-based judge reads each sample: the background is the per-frame median colour, the
 foreground the largest connected blob of pixels far from it; colour = nearest palette entry to
@@ -16,9 +18,16 @@ The bar: colour, shape and direction all right in >= 80% of held-out samples.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__":
+    # before torch loads (OpenMP reads it then): threads that spin-wait between ops make torch 4-6x slower when
+    # another process is busy on the CPUs; a user's own setting wins, importers are untouched
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -174,11 +183,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ground-truth", action="store_true", help="judge rendered clips instead of samples")
-    p.add_argument("--grid", type=Path, default=Path("/tmp/tinyhv_eval_grid.png"), help="PNG of the first samples")
-    p.add_argument("--grid-rows", type=int, default=16)
+    p.add_argument("--grid", type=Path, default=None,
+                   help="write a PNG of the first samples here (rows = clips, columns = frames; with --split both, "
+                        "the held-out rows then the train rows); the rows' prompts are printed (and in --json)")
+    p.add_argument("--grid-rows", type=int, default=16, help="clips per split in the grid")
     p.add_argument("--json", type=Path, default=None, help="write the full result here")
     p.add_argument("--bar", type=float, default=0.8)
     args = p.parse_args(argv)
+    if args.grid and args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+        p.error(f"--grid {args.grid}: name an image file (.png)")  # now, not after the run
     torch.set_num_threads(args.threads)
 
     train, held = data.split()
@@ -188,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.ground_truth:
         from .model import DEFAULT_ASSETS, TinyHunyuanVideo
         model = TinyHunyuanVideo.from_pretrained(args.weights or DEFAULT_ASSETS)
-    results, exit_code = {}, 0
+    results, exit_code, grid = {}, 0, []  # grid: (split, clip, prompt) per row
     for name, combos in splits:
         if args.max_combos:
             combos = combos[:: max(1, len(combos) // args.max_combos)][: args.max_combos]
@@ -224,11 +237,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # one clip per combination first (then further seeds), so the grid shows variety
             order = list(range(0, len(videos), args.seeds)) + [i for i in range(len(videos)) if i % args.seeds]
             rows = order[: args.grid_rows]
-            grid_path = args.grid.with_name(f"{args.grid.stem}_{name}{args.grid.suffix}")
-            save_grid([videos[i] for i in rows], grid_path)
-            (grid_path.with_suffix(".txt")).write_text("\n".join(attrs[i].prompt for i in rows) + "\n")
-            print(f"  grid of {len(rows)} clips (rows, prompts in {grid_path.with_suffix('.txt').name}): {grid_path}")
+            grid += [(name, videos[i], attrs[i].prompt) for i in rows]
+            result["grid_prompts"] = [attrs[i].prompt for i in rows]
+    if grid:
+        # one image, exactly at --grid (with --split both: the held-out rows, then the train rows)
+        save_grid([clip for _, clip, _ in grid], args.grid)
+        print(f"grid of {len(grid)} clips (rows, top to bottom): {args.grid}")
+        for row, (name, _, prompt) in enumerate(grid, 1):
+            print(f"  {row:3d} {name + ': ' if len(splits) > 1 else ''}{prompt}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
     return exit_code
 
