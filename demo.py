@@ -11,11 +11,15 @@ SSIM of the cached clip against the uncached one, and writes them side by side (
 TeaCache right) to ``--out`` (.mp4 or .gif). The model (assets/tiny_hunyuan_video.safetensors) is
 diffusers' HunyuanVideoTransformer3DModel trained on 8-frame 16x16 clips of moving shapes
 (see tinyhv/); "a red circle moves left" is a combination it never saw in training.
+
+It runs on one CPU thread by default (``--threads``): one thread never spin-waits for another, so a busy
+neighbour process cannot slow it down several-fold, and on this small model two threads gain little.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -23,11 +27,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teacache_sample_video import RULES, _threshold, enable_teacache
+from teacache_sample_video import RULES, _ArgumentParser, _number, _threshold, enable_teacache
 from tinyhv import TinyHunyuanVideo
 from tinyhv.data import complete_prompt
 from tinyhv.evaluate import describe
 from tinyhv.metrics import psnr, ssim
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+_positive_int = _number(int, 1, "an integer >= 1")
+
+
+def _video_path(value: str) -> Path:
+    """argparse ``type`` for ``--out``: a path ending in .mp4 or .gif (checked before any generation)."""
+    path = Path(value)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"expected a path ending in {' or '.join(VIDEO_SUFFIXES)}, got {value!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a directory")
+    return path
+
+
+def _seed(value: str) -> int:
+    """argparse ``type`` for ``--seed``: an integer torch.Generator.manual_seed accepts."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not -2 ** 63 <= seed < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {value!r}")
+    return seed
+
+
+def _weights_path(value: str) -> Path:
+    """argparse ``type`` for ``--weights``: an existing safetensors file whose config sidecar (the same path with
+    the suffix ``.json``, as ``TinyHunyuanVideo.from_pretrained`` reads it) exists too."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value!r}")
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise argparse.ArgumentTypeError(f"{value!r} has no config next to it: expected {str(sidecar)!r} "
+                                         "(TinyHunyuanVideo.save_pretrained writes both)")
+    return path
 
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, scale: int = 8, gap: int = 16) -> np.ndarray:
@@ -61,27 +102,37 @@ def timed(fn, repeats: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # 1-line errors
     p.add_argument("--prompt", default="a red circle moves left",
                    help="names a colour (red green blue yellow), shape (circle square triangle) and direction "
-                        "(left right up down); optionally size (small big) and background (dark light)")
+                        "(left right up down); optionally size (small big) and background (dark light); "
+                        "besides these only 'a moves on background' (any other word is an error)")
     p.add_argument("--rel-l1-thresh", type=_threshold, default=0.15,
-                   help="TeaCache threshold (published HunyuanVideo coefficients); 0 turns caching off")
+                   help="TeaCache threshold (published HunyuanVideo coefficients); 0 turns caching off. "
+                        "Both TeaCache flags are those of teacache_sample_video.py, documented in the README "
+                        "('Beyond the reference: control, calibration, a better rule')")
     p.add_argument("--teacache-rule", choices=RULES, default="reuse",
-                   help="what a skipped step adds (see teacache_sample_video.py --help); default: the published reuse")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/tinyhv_demo.mp4"), help=".mp4 or .gif")
-    p.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the shipped model)")
-    p.add_argument("--repeats", type=int, default=3, help="time each generation this many times, keep the fastest")
-    p.add_argument("--threads", type=int, default=2)
+                   help="what a skipped step adds (see the README's flag table); default: the published reuse")
+    p.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of each run (default 50)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="noise seed; the uncached and the TeaCache run use the same one (default 0)")
+    p.add_argument("--out", type=_video_path, default=Path("results/tinyhv_demo.mp4"),
+                   help=".mp4 or .gif; an existing file is overwritten (default results/tinyhv_demo.mp4)")
+    p.add_argument("--weights", type=_weights_path, default=None,
+                   help="safetensors file with its .json config beside it (default: the shipped model)")
+    p.add_argument("--repeats", type=_positive_int, default=3,
+                   help="time each generation this many times, keep the fastest (default 3)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: more spin-wait for each other when another process is busy)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
-    try:
+    try:  # all checks before any model work
         prompt = complete_prompt(args.prompt)
     except ValueError as e:
-        p.error(str(e))
+        p.error(f"argument --prompt: {e}")
+    if args.out.suffix.lower() == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        p.error("argument --out: writing .mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or write a .gif")
+    torch.set_num_threads(args.threads)
     model = TinyHunyuanVideo.from_pretrained(*([args.weights] if args.weights else []))
     n_params = sum(t.numel() for t in model.parameters())
     print(f"model: tiny HunyuanVideo ({n_params / 1e6:.2f}M parameters, {model.video_shape[0]} frames of "
@@ -111,9 +162,8 @@ def main(argv=None) -> int:
         d = describe(video)
         print(f"judge reads {name:8s}: {d.get('size')} {d.get('colour')} {d.get('shape')} moves {d.get('direction')} "
               f"on a {d.get('background')} background")
-    if args.out:
-        write_video(side_by_side(baseline, cached), args.out)
-        print(f"side by side (left uncached, right TeaCache): {args.out}")
+    write_video(side_by_side(baseline, cached), args.out)
+    print(f"side by side (left uncached, right TeaCache): {args.out}")
     return 0
 
 

@@ -51,7 +51,7 @@ from tinyhv import metrics  # noqa: E402
 
 TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
 SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
-INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last two computed)
+INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last computed)
 SAMPLER_STEPS = [6, 8, 10, 14, 19, 25, 100, 400]  # the plain sampler, no cache
 
 

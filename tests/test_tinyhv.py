@@ -111,7 +111,7 @@ def test_teacache_on_the_trained_model(model):
     finally:
         cache.disable()
     assert stats["steps_run"] == steps and stats["skipped_steps"], stats
-    assert {0, steps - 2, steps - 1} <= set(stats["computed_steps"])
+    assert {0, steps - 1} <= set(stats["computed_steps"])
     assert not torch.equal(cached, plain)
     assert psnr(cached, plain) > 20  # an approximation of the same clip, not a different one
     zero = tc.enable_teacache(model.transformer, 0.0)

@@ -13,6 +13,7 @@ supersampling so edges are anti-aliased. Everything is deterministic given a see
 from __future__ import annotations
 
 import itertools
+import string
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -100,9 +101,16 @@ def parse_prompt(prompt: str) -> Attributes:
 
 def complete_prompt(prompt: str, size: str = "big", background: str = "dark") -> str:
     """The grammar's full prompt for free-form text that names a colour, a shape and a direction (in any
-    order, extra words ignored); size and background default to ``size`` / ``background`` when not named.
-    ``"a red circle moves left"`` -> ``"a big red circle moves left on a dark background"``."""
-    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    order, with any other words of ``VOCAB``; punctuation ignored); size and background default to ``size`` /
+    ``background`` when not named. ``"a red circle moves left"`` -> ``"a big red circle moves left on a dark
+    background"``. Raises ValueError, naming them, for words outside the vocabulary (the text encoder's
+    own rule: a word the model never learnt would otherwise be dropped silently and change the request)."""
+    words = [w.strip(string.punctuation) for w in prompt.lower().replace(",", " ").replace(".", " ").split()]
+    words = [w for w in words if w]
+    known = [w for w in VOCAB if not w.startswith("<")]
+    unknown = list(dict.fromkeys(w for w in words if w not in known))
+    if unknown:
+        raise ValueError(f"words outside the vocabulary {unknown} in {prompt!r}; known: {' '.join(known)}")
     found = {}
     for key, choices in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS),
                          ("background", BACKGROUNDS)):
