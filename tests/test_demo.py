@@ -1,7 +1,6 @@
 """``demo.py``, the README's first command, on the shipped model (a short run), and its argument checks."""
 
 import re
-from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
@@ -10,7 +9,6 @@ import demo
 from tinyhv import DEFAULT_ASSETS, data
 from tinyhv.model import NULL_TOKEN, TinyTextEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_generates_both_clips_and_reports_the_cache(tmp_path, capsys):
