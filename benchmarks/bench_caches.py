@@ -252,8 +252,8 @@ def main() -> int:
              f"{model} model, {rows[0]['steps']} steps")
         return 0
     # checked before the long run (20+ minutes), not after it
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
-    written = [out] if args.no_plot else [out, out.with_suffix(".png")]
+    csv_path = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
+    written = [csv_path] if args.no_plot else [csv_path, csv_path.with_suffix(".png")]
     existing = [path for path in written if path.exists()]
     if existing and not args.overwrite:
         return _fail(f"{existing[0]} exists: pass --overwrite to replace it, or --out another path")
@@ -302,13 +302,13 @@ def main() -> int:
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     if not args.no_plot:
-        plot(rows, out.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
+        plot(rows, csv_path.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
     print(f"wrote {' and '.join(map(str, written))}")
     return 0
 

@@ -213,3 +213,17 @@ def test_importing_tinyhv_leaves_omp_alone():
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "<unset>", proc.stderr[-2000:]
+
+
+def test_bench_caches_runs_end_to_end_and_writes_its_csv(tmp_path):
+    """A short real run (the shipped model, 4 steps, one method): the table's rows reach the CSV."""
+    out = tmp_path / "short.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_caches.py"), "--model", "trained",
+                           "--steps", "4", "--methods", "teacache", "--no-plot", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["none"] + ["teacache"] * 7
+    assert all(r["steps"] == "4" and 1 <= float(r["computed"]) <= 4 for r in rows)
+    assert f"wrote {out}" in proc.stdout
