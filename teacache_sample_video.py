@@ -255,6 +255,7 @@ class TeaCache:
         self.config = config
         self._reduce_sum = reduce_sum
         self._gen = _Generation()
+        self._sections: Optional[List[dict]] = None  # reset(..., sections=True): the stats of finished sections
         self._restore: list = []
         self.notes: dict = {}  # what chose this configuration (profile, target speedup), for the report
         blocks = adapter.blocks
@@ -264,18 +265,23 @@ class TeaCache:
         self._restore.append(transformer.register_forward_hook(self._end_step).remove)
 
     # -- lifecycle ---------------------------------------------------------- #
-    def reset(self, num_steps: int) -> "TeaCache":
-        """Forget everything cached and expect a generation of ``num_steps`` denoising steps."""
+    def reset(self, num_steps: int, *, sections: bool = False) -> "TeaCache":
+        """Forget everything cached and expect a generation of ``num_steps`` denoising steps.
+
+        ``sections=True``: the generation is several denoising runs of ``num_steps`` steps in a row (diffusers'
+        FramePack denoises a video section by section); each section starts from a fresh state, as a generation of
+        its own would, and ``stats()["sections"]`` lists them."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         self._gen = _Generation(num_steps=num_steps)
+        self._sections = [] if sections else None
         return self
 
     def disable(self) -> None:
         """Remove every hook and wrapper; the transformer is as it was before ``enable_teacache``."""
         while self._restore:
             self._restore.pop()()
-        self._gen = _Generation()
+        self._gen, self._sections = _Generation(), None
         if getattr(self.transformer, "_teacache", None) is self:
             del self.transformer._teacache
 
@@ -301,7 +307,11 @@ class TeaCache:
             "denoise_time_s": None if g.started is None or g.finished is None else g.finished - g.started,
             "peak_cache_bytes": g.peak_cache_bytes,
             "image_activation_bytes": g.activation_bytes,
+            **({} if self._sections is None else {"section": len(self._sections)}),
         }
+
+    def _all_sections(self) -> Optional[List[dict]]:
+        return None if self._sections is None else [*self._sections, self.stats()]
 
     def report(self) -> dict:
         """``stats()`` plus the configuration: what the JSON report beside each video holds."""
@@ -310,6 +320,7 @@ class TeaCache:
             **self.config.as_dict(),
             **self.notes,
             **self.stats(),
+            **({} if self._sections is None else {"sections": self._all_sections()}),
             "sequence_parallel_reduced": self._reduce_sum is not None,
         }
 
@@ -318,9 +329,14 @@ class TeaCache:
         t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
         calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
             if s["num_branches"] > 1 else ""
-        return (f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh:g}, rule={self.config.rule}): computed "
-                f"{len(s['computed_steps'])}/{s['num_steps']} steps, skipped {len(s['skipped_steps'])}{calls}, "
-                f"denoise {t}")
+        head = f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh:g}, rule={self.config.rule}): "
+        sections = self._all_sections()
+        if sections is not None:
+            computed, calls = sum(x["computed_calls"] for x in sections), sum(x["transformer_calls"] for x in sections)
+            return (f"{head}{len(sections)} section(s) of {s['num_steps']} steps: computed {computed} of {calls} "
+                    f"transformer calls, per section {[len(x['computed_steps']) for x in sections]}")
+        return (f"{head}computed {len(s['computed_steps'])}/{s['num_steps']} steps, skipped "
+                f"{len(s['skipped_steps'])}{calls}, denoise {t}")
 
     # -- per step ----------------------------------------------------------- #
     def _begin_step(self, module, args, kwargs):
@@ -334,7 +350,10 @@ class TeaCache:
             if g.branch == len(g.branches):
                 g.branches.append(_Branch())
         else:
-            if g.step + 1 >= g.num_steps:
+            if g.step + 1 >= g.num_steps and self._sections is not None:  # the next section: a fresh state
+                self._sections.append(self.stats())
+                self._gen = g = _Generation(num_steps=g.num_steps)
+            elif g.step + 1 >= g.num_steps:
                 raise RuntimeError(f"TeaCache: transformer called for step {g.step + 2} of a {g.num_steps}-step "
                                    "generation; call reset(num_steps) before each generation (a stale residual "
                                    "would be reused otherwise)")
@@ -480,6 +499,7 @@ class _Adapter:
     """Knows one transformer implementation's block layout; the rule lives in TeaCache."""
 
     blocks: List[torch.nn.Module]
+    image_condition: Optional[str] = None  # image-to-video: how the image comes in ("token_replace", ...)
 
     def timestep(self, args, kwargs) -> Optional[float]:
         """The transformer call's timestep (a repeat within a step marks another guidance branch)."""
@@ -499,17 +519,32 @@ class _Adapter:
         raise NotImplementedError
 
 
-def _arg(args, kwargs, index: int, name: str):
-    return args[index] if len(args) > index else kwargs[name]
+_REQUIRED = object()
+
+
+def _arg(args, kwargs, index: int, name: str, default=_REQUIRED):
+    if len(args) > index:
+        return args[index]
+    return kwargs[name] if default is _REQUIRED else kwargs.get(name, default)
+
+
+def _modulate(normed: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+    """``normed * (1 + scale) + shift`` with the first two of the six chunks of an ``img_mod`` output."""
+    shift, scale = modulation.chunk(6, dim=-1)[:2]
+    return normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 class _HunyuanVideoAdapter(_Adapter):
-    """Tencent's ``HYVideoDiffusionTransformer``: ``double_blocks`` take ``(img, txt, vec, ...)`` and
-    return ``(img, txt)``; ``single_blocks`` take ``(x, vec, txt_len, ...)`` with image tokens first."""
+    """Tencent's ``HYVideoDiffusionTransformer`` (HunyuanVideo and HunyuanVideo-I2V): ``double_blocks`` take
+    ``(img, txt, vec, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv, freqs_cis)`` and return
+    ``(img, txt)``; ``single_blocks`` take ``(x, vec, txt_len, ...)`` with image tokens first. I2V appends
+    ``(condition_type, token_replace_vec, frist_frame_token_num)`` to both; with ``token_replace`` the first
+    frame's tokens are modulated by ``img_mod(token_replace_vec)`` and the rest by ``img_mod(vec)``."""
 
     def __init__(self, transformer):
         self.single = set(map(id, transformer.single_blocks))
         self.blocks = list(transformer.double_blocks) + list(transformer.single_blocks)
+        self.image_condition = getattr(transformer, "i2v_condition_type", None)  # I2V's transformer only
 
     @staticmethod
     def matches(transformer) -> bool:
@@ -520,8 +555,13 @@ class _HunyuanVideoAdapter(_Adapter):
 
     def modulated_input(self, block, args, kwargs):
         img, vec = _arg(args, kwargs, 0, "img"), _arg(args, kwargs, 2, "vec")
-        shift, scale = block.img_mod(vec).chunk(6, dim=-1)[:2]
-        return block.img_norm1(img) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+        normed = block.img_norm1(img)
+        if _arg(args, kwargs, 8, "condition_type", None) == "token_replace":  # I2V: the block's two modulations
+            mod, first_mod = block.img_mod(vec, condition_type="token_replace",
+                                           token_replace_vec=_arg(args, kwargs, 9, "token_replace_vec"))
+            n = _arg(args, kwargs, 10, "frist_frame_token_num")
+            return torch.cat([_modulate(normed[:, :n], first_mod), _modulate(normed[:, n:], mod)], dim=1)
+        return _modulate(normed, block.img_mod(vec))
 
     def image_in(self, args, kwargs):
         return _arg(args, kwargs, 0, "img")
@@ -545,6 +585,7 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
 
     def __init__(self, transformer):
         self.blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+        self.image_condition = getattr(transformer.config, "image_condition_type", None)
 
     @staticmethod
     def matches(transformer) -> bool:
@@ -617,7 +658,12 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
         def reduce_sum(t, group=process_group):
             torch.distributed.all_reduce(t, group=group)
             return t
-    cache = TeaCache(transformer, adapter_cls(transformer), config, reduce_sum)
+    adapter = adapter_cls(transformer)
+    if adapter.image_condition and tuple(config.coefficients) == PUBLISHED_COEFFICIENTS:
+        logger.warning(f"TeaCache: no coefficients are published for image-to-video ({adapter.image_condition}); "
+                       "using the text-to-video ones. Calibrate on your own images: --teacache-calibrate "
+                       "profile.json, then --teacache-profile profile.json")
+    cache = TeaCache(transformer, adapter, config, reduce_sum)
     transformer._teacache = cache
     if num_steps is not None:
         cache.reset(num_steps)
@@ -632,11 +678,14 @@ PROFILE_FORMAT = "teacache-profile/1"
 
 
 def model_identity(transformer: torch.nn.Module) -> dict:
-    """What a profile is tied to: the architecture (class, block count, parameter count)."""
+    """What a profile is tied to: the architecture (class, block count, parameter count, image conditioning)."""
     adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
-    return {"class": type(transformer).__name__,
-            "num_blocks": len(adapter_cls(transformer).blocks) if adapter_cls else None,
-            "num_parameters": sum(p.numel() for p in transformer.parameters())}
+    adapter = adapter_cls(transformer) if adapter_cls else None
+    identity = {"class": type(transformer).__name__, "num_blocks": len(adapter.blocks) if adapter else None,
+                "num_parameters": sum(p.numel() for p in transformer.parameters())}
+    if adapter is not None and adapter.image_condition:  # same weights' shapes as text-to-video for token_replace
+        identity["image_condition"] = adapter.image_condition
+    return identity
 
 
 def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4) -> dict:
@@ -792,14 +841,52 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class Checkout:
+    """One Tencent repository's CLI that this file stands in for: its argument groups (``hyvideo.config``'s
+    ``add_*_args``, in upstream's order) and the arguments its script passes to ``predict`` beyond
+    text-to-video's. Adding a repository of the same layout is one entry in ``CHECKOUTS``."""
+
+    repo: str
+    script: str
+    groups: tuple
+    predict_args: tuple = ()
+    setting_args: tuple = ()  # recorded in calibration profiles (a profile used elsewhere warns)
+
+    def matches(self, hy_config) -> bool:
+        return all(hasattr(hy_config, g) for g in self.groups)
+
+
+_T2V_GROUPS = ("add_network_args", "add_extra_models_args", "add_denoise_schedule_args", "add_inference_args",
+               "add_parallel_args")
+CHECKOUTS = (  # the most specific first
+    Checkout("Tencent/HunyuanVideo-I2V", "sample_image2video.py",
+             ("add_network_args", "add_extra_models_args", "add_denoise_schedule_args", "add_i2v_args",
+              "add_lora_args", "add_inference_args", "add_parallel_args"),
+             predict_args=("i2v_mode", "i2v_resolution", "i2v_image_path", "i2v_condition_type", "i2v_stability",
+                           "ulysses_degree", "ring_degree"),
+             setting_args=("i2v_mode", "i2v_resolution", "i2v_condition_type", "i2v_stability")),
+    Checkout("Tencent/HunyuanVideo", "sample_video.py", _T2V_GROUPS),
+)
+
+
+def recognise_checkout(hy_config) -> Checkout:
+    """The repository whose ``hyvideo.config`` this is (I2V's has ``add_i2v_args``)."""
+    found = next((c for c in CHECKOUTS if c.matches(hy_config)), None)
+    if found is None:
+        raise SystemExit(f"teacache_sample_video.py: error: {hy_config.__file__} is not the config of a known "
+                         f"HunyuanVideo repository ({', '.join(c.repo for c in CHECKOUTS)})")
+    return found
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, checkout: Optional[Checkout] = None) -> argparse.Namespace:
     from hyvideo import config as hy_config
 
-    parser = _ArgumentParser(description="HunyuanVideo inference with TeaCache")
-    for add_args in (hy_config.add_network_args, hy_config.add_extra_models_args,
-                     hy_config.add_denoise_schedule_args, hy_config.add_inference_args,
-                     hy_config.add_parallel_args, add_teacache_args):
-        parser = add_args(parser)
+    checkout = checkout or recognise_checkout(hy_config)
+    parser = _ArgumentParser(description=f"{checkout.repo} inference ({checkout.script}) with TeaCache")
+    for group in checkout.groups:
+        parser = getattr(hy_config, group)(parser)
+    parser = add_teacache_args(parser)
     args = parser.parse_args(argv)
     _check_teacache_args(parser, args)
     return hy_config.sanity_check_args(args)
@@ -853,7 +940,8 @@ def _standalone_help() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Upstream HunyuanVideo (run from a checkout); with ``--diffusers-model``, diffusers' pipeline instead."""
+    """Upstream HunyuanVideo or HunyuanVideo-I2V (run from a checkout: ``CHECKOUTS``); with ``--diffusers-model``,
+    diffusers' pipeline instead."""
     import importlib.util
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -867,7 +955,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo and run it from there "
               "(or pass --diffusers-model to use diffusers' HunyuanVideoPipeline)", file=sys.stderr)
         return 2
-    args = parse_args(argv)
+    from hyvideo import config as hy_config
+
+    checkout = recognise_checkout(hy_config)
+    args = parse_args(argv, checkout)
     prompts = _prompts(args)
     from hyvideo.inference import HunyuanVideoSampler
 
@@ -881,7 +972,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = sampler.args
     transformer = sampler.pipeline.transformer
     setting = {"video_size": list(args.video_size), "video_length": args.video_length, "flow_shift": args.flow_shift,
-               "cfg_scale": args.cfg_scale, "embedded_cfg_scale": args.embedded_cfg_scale}
+               "cfg_scale": args.cfg_scale, "embedded_cfg_scale": args.embedded_cfg_scale,
+               **{k: getattr(args, k) for k in checkout.setting_args}}
     cache = cache_from_args(args, transformer, args.infer_steps, setting)
     upstream_args = {k: v for k, v in vars(args).items() if not (k == "rel_l1_thresh" or k.startswith("teacache_"))}
     traces = []
@@ -893,6 +985,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seed=args.seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps,
             guidance_scale=args.cfg_scale, num_videos_per_prompt=args.num_videos, flow_shift=args.flow_shift,
             batch_size=args.batch_size, embedded_guidance_scale=args.embedded_cfg_scale,
+            **{k: getattr(args, k) for k in checkout.predict_args},
         )
         generation_time = time.perf_counter() - start
         logger.info(f"prompt {n}/{len(prompts)}: {cache.summary()}")
@@ -919,8 +1012,13 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """The same flag names as upstream's sample_video.py where they mean the same thing."""
     group = parser.add_argument_group(title="diffusers HunyuanVideo args")
     group.add_argument("--diffusers-model", required=True,
-                       help="Local folder or hub id of a HunyuanVideoPipeline, "
-                            "e.g. hunyuanvideo-community/HunyuanVideo.")
+                       help="Local folder or hub id of a HunyuanVideo pipeline, e.g. "
+                            "hunyuanvideo-community/HunyuanVideo; its class comes from its model_index.json: "
+                            f"{', '.join(DIFFUSERS_PIPELINES)}.")
+    group.add_argument("--pipeline", choices=list(DIFFUSERS_PIPELINES), default=None,
+                       help="Load the model with this pipeline class instead of the one its model_index.json names.")
+    group.add_argument("--image", type=str, default=None,
+                       help="The first frame, for the image-to-video pipelines (a PIL-readable file).")
     group.add_argument("--prompt", type=str, default=None)
     group.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
     group.add_argument("--video-size", type=int, nargs=2, default=(720, 1280), metavar=("HEIGHT", "WIDTH"))
@@ -943,21 +1041,64 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+#: diffusers' HunyuanVideo pipelines the CLI runs: whether each takes an ``image``, and whether one call denoises
+#: several sections in a row (FramePack), each a generation of its own for the cache.
+DIFFUSERS_PIPELINES = {
+    "HunyuanVideoPipeline": dict(image=False, sections=False),
+    "HunyuanVideoImageToVideoPipeline": dict(image=True, sections=False),
+    "HunyuanSkyreelsImageToVideoPipeline": dict(image=True, sections=False),
+    "HunyuanVideoFramepackPipeline": dict(image=True, sections=True),
+}
+
+
+def _pipeline_class_name(args, parser) -> str:
+    """The pipeline class: ``--pipeline``, else the one a local folder's model_index.json names (a hub id is
+    resolved by diffusers at load time and checked then)."""
+    if args.pipeline:
+        return args.pipeline
+    index = Path(args.diffusers_model) / "model_index.json"
+    if not index.is_file():
+        return ""
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name not in DIFFUSERS_PIPELINES:
+        parser.error(f"{args.diffusers_model} is a {name or 'pipeline of unknown class'}; this CLI runs "
+                     f"{', '.join(DIFFUSERS_PIPELINES)} (or pass --pipeline)")
+    return name
+
+
 def diffusers_main(argv: Sequence[str]) -> int:
     parser = add_teacache_args(add_diffusers_args(_ArgumentParser(
         description="HunyuanVideo (diffusers) with TeaCache")))
     args = parser.parse_args(argv)
     _check_teacache_args(parser, args)
     prompts = _prompts(args)
+    if args.image and not Path(args.image).is_file():
+        parser.error(f"no such file: {args.image}")
+
+    def check_image(name):
+        if DIFFUSERS_PIPELINES[name]["image"] and not args.image:
+            parser.error(f"{name} is image-to-video: give the first frame with --image PATH")
+        if args.image and not DIFFUSERS_PIPELINES[name]["image"]:
+            parser.error(f"--image: {name} is text-to-video and takes no image")
+
+    name = _pipeline_class_name(args, parser)
+    if name:
+        check_image(name)  # before loading anything
     import inspect
 
     import diffusers
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         args.precision or ("bf16" if device == "cuda" else "fp32")]
-    pipe = HunyuanVideoPipeline.from_pretrained(args.diffusers_model, torch_dtype=dtype)
+    pipeline_cls = getattr(diffusers, name) if name else DiffusionPipeline
+    pipe = pipeline_cls.from_pretrained(args.diffusers_model, torch_dtype=dtype)
+    name = type(pipe).__name__
+    if name not in DIFFUSERS_PIPELINES:
+        parser.error(f"{args.diffusers_model} loaded as {name}; this CLI runs {', '.join(DIFFUSERS_PIPELINES)}")
+    check_image(name)  # a hub id is only known once loaded
+    kind = DIFFUSERS_PIPELINES[name]
     if args.flow_shift is not None:
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=args.flow_shift)
     if args.sequential_cpu_offload:
@@ -970,7 +1111,12 @@ def diffusers_main(argv: Sequence[str]) -> int:
         pipe.vae.enable_tiling()
     setting = {"video_size": list(args.video_size), "video_length": args.video_length,
                "flow_shift": pipe.scheduler.config.get("shift"), "cfg_scale": args.cfg_scale,
-               "embedded_cfg_scale": args.embedded_cfg_scale}
+               "embedded_cfg_scale": args.embedded_cfg_scale, "pipeline": name}
+    inputs = {}
+    if kind["image"]:
+        from diffusers.utils import load_image
+
+        inputs["image"] = load_image(args.image)
     true_cfg = {}
     if args.cfg_scale != 1.0 or args.neg_prompt is not None:
         if "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
@@ -982,18 +1128,18 @@ def diffusers_main(argv: Sequence[str]) -> int:
     for prompt in prompts:
         for i in range(args.num_videos):  # one denoising run (and report) per video
             seed = base_seed + i
-            cache.reset(args.infer_steps)
+            cache.reset(args.infer_steps, sections=kind["sections"])
             start = time.perf_counter()
             frames = pipe(
                 prompt=prompt, height=args.video_size[0], width=args.video_size[1], num_frames=args.video_length,
                 num_inference_steps=args.infer_steps, guidance_scale=args.embedded_cfg_scale,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **true_cfg,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **inputs, **true_cfg,
             ).frames[0]  # (T, C, H, W) in [0, 1]
             generation_time = time.perf_counter() - start
             logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
-            traces.append(cache.stats())
             report = {**cache.report(), "generation_time_s": generation_time, "index": i, "seed": seed,
-                      "prompt": prompt, "diffusers_args": vars(args)}
+                      "prompt": prompt, "pipeline": name, "diffusers_args": vars(args)}
+            traces.extend(report.get("sections", [cache.stats()]))  # a FramePack section is a run of its own
             _write_video_and_report(frames.permute(1, 0, 2, 3), Path(args.save_path) / _video_name(seed, prompt),
                                     report, fps=args.fps)
     if args.teacache_calibrate:

@@ -60,16 +60,31 @@ def run_one(setting: str, opts) -> dict:
 
     import teacache_sample_video as tc
 
-    model, _ = hc.make_tiny_transformer(seed=0, dtype=dtype, device=device, **SIZES[opts.size])
+    i2v = {"i2v_condition_type": opts.i2v_condition_type} if opts.i2v_condition_type else {}
+    model, _ = hc.make_tiny_transformer(seed=0, dtype=dtype, device=device, args_overrides=i2v, **SIZES[opts.size])
     lt, lh, lw = opts.latent
     inputs = hc.make_tiny_inputs(model, batch=1, t=lt, h=lh, w=lw, text_len=opts.text_len, seed=0)
+    condition = getattr(model, "i2v_condition_type", None)  # HunyuanVideo-I2V's transformer: fed as its pipeline does
+    image = torch.randn(1, hc.LATENT_CHANNELS, 1, lh, lw, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     image_tokens = lt * (lh // 2) * (lw // 2)
     cache = None if setting == "off" else tc.enable_teacache(model, float(setting), num_steps=opts.steps + 1)
     scheduler = FlowMatchDiscreteScheduler(shift=opts.flow_shift, reverse=True, solver="euler")
     scheduler.set_timesteps(opts.steps, device=device)
-    x = inputs.pop("x")
+    x = inputs.pop("x")[:, :hc.LATENT_CHANNELS]
     inputs.pop("t")
-    model(x, scheduler.timesteps[:1].expand(x.shape[0]).to(dtype), **inputs)  # warm-up, not timed
+
+    def model_input(x):
+        """I2V's pipeline: the image latent replaces the first frame (token_replace), or comes in as channels with
+        a first-frame mask (latent_concat)."""
+        if condition == "token_replace":
+            return torch.cat([image, x[:, :, 1:]], dim=2)
+        if condition == "latent_concat":
+            concat, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
+            concat[:, :, :1], mask[:, :, :1] = image, 1
+            return torch.cat([x, concat, mask], dim=1)
+        return x
+
+    model(model_input(x), scheduler.timesteps[:1].expand(x.shape[0]).to(dtype), **inputs)  # warm-up, not timed
     if cache:
         cache.reset(opts.steps)
     if device.type == "cuda":
@@ -77,7 +92,7 @@ def run_one(setting: str, opts) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ticks = [time.perf_counter()]
     for t in scheduler.timesteps:
-        out = model(x, t.expand(x.shape[0]).to(dtype), **inputs)["x"]
+        out = model(model_input(x), t.expand(x.shape[0]).to(dtype), **inputs)["x"]
         x = scheduler.step(out, t, x, return_dict=False)[0]
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -158,6 +173,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the settings in turn this many times (interleaved, so that a shared machine's "
                              "drift hits all alike); each setting keeps its fastest run")
+    parser.add_argument("--i2v-condition-type", choices=["token_replace", "latent_concat"], default=None,
+                        help="with a HunyuanVideo-I2V checkout: its transformer, fed as its pipeline feeds it "
+                             "(default there: token_replace)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     opts = parser.parse_args()
     problem = _hunyuanvideo_root_error()
@@ -172,7 +190,8 @@ def main() -> int:
         for setting in opts.settings:
             cmd = [sys.executable, __file__, "--one", setting, "--size", opts.size, "--steps", str(opts.steps),
                    "--latent", *map(str, opts.latent), "--text-len", str(opts.text_len), "--flow-shift",
-                   str(opts.flow_shift), "--device", opts.device, "--dtype", opts.dtype]
+                   str(opts.flow_shift), "--device", opts.device, "--dtype", opts.dtype,
+                   *(["--i2v-condition-type", opts.i2v_condition_type] if opts.i2v_condition_type else [])]
             row, error = _run_child(cmd, setting)
             if error:
                 return _fail(error, 1)

@@ -116,7 +116,22 @@ def hyvideo_modulated(block, args, kwargs):
     return block.img_norm1(img) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+def hyvideo_i2v_modulated(block, args, kwargs):
+    """HunyuanVideo-I2V's first double block with ``token_replace``, written out: ``img_mod`` applied to
+    ``token_replace_vec`` (arg 9) modulates the first ``frist_frame_token_num`` (arg 10) image tokens, ``img_mod(vec)``
+    the rest; otherwise as text-to-video."""
+    if len(args) < 9 or args[8] != "token_replace":
+        return hyvideo_modulated(block, args, kwargs)
+    img, vec, tr_vec, n = args[0], args[2], args[9], args[10]
+    normed = block.img_norm1(img)
+    shift, scale = block.img_mod.linear(block.img_mod.act(vec)).chunk(6, dim=-1)[:2]
+    tr_shift, tr_scale = block.img_mod.linear(block.img_mod.act(tr_vec)).chunk(6, dim=-1)[:2]
+    return torch.cat([normed[:, :n] * (1 + tr_scale.unsqueeze(1)) + tr_shift.unsqueeze(1),
+                      normed[:, n:] * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)], dim=1)
+
+
 HYVIDEO = dict(block_lists=("double_blocks", "single_blocks"), final="final_layer", modulated=hyvideo_modulated)
+HYVIDEO_I2V = dict(HYVIDEO, modulated=hyvideo_i2v_modulated)
 def diffusers_modulated(block, args, kwargs):
     """diffusers' first dual-stream block, written out: ``norm(x) * (1 + scale) + shift`` from
     ``norm1.linear(silu(temb))``; in image-to-video with ``token_replace`` the first frame's tokens take the

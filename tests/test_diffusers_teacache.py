@@ -5,7 +5,7 @@ import torch
 
 import teacache_sample_video as tc
 from reference_rule import DIFFUSERS, ReferenceTeaCache
-from tiny_diffusers import i2v_caller, make_i2v_transformer, make_inputs, make_transformer, sample
+from tiny_diffusers import against_the_reference, make_inputs, make_transformer, sample
 
 STEPS = 12
 
@@ -145,52 +145,14 @@ def test_torch_compile_of_the_blocks_keeps_the_decisions():
 
 # -- every case against the reference (one reference instance per guidance branch) -------------------------------
 
-def _against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call):
-    """Run the cache and the reference on the same inputs; returns the two runs' per-branch computed steps."""
-    model = make()
-    cache = tc.enable_teacache(model, thresh, num_steps=steps)
-    outs, ref_outs = [], []
-    with torch.no_grad():
-        final = sample(wrap(model), make_inputs(), steps, negative=negative, outputs=outs)
-    refs = [ReferenceTeaCache(make(), steps, thresh, **DIFFUSERS) for _ in range(2)]
-
-    def route(**kw):  # diffusers' true CFG: the negative prompt's call is the second branch
-        ref = refs[negative is not None and kw["encoder_hidden_states"] is negative["encoder_hidden_states"]]
-        return ref(**kw)
-
-    with torch.no_grad():
-        ref_final = sample(wrap(route), make_inputs(), steps, negative=negative, outputs=ref_outs)
-    for a, b in zip(outs, ref_outs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(final, ref_final, rtol=1e-5, atol=1e-5)
-    s = cache.stats()
-    ours = [b["computed_steps"] for b in s.get("branches", [s])]
-    theirs = [[i for i, c in enumerate(r.decisions) if c] for r in refs[:len(ours)]]
-    return ours, theirs
-
-
 def test_true_cfg_each_branch_takes_the_reference_decisions():
     """12 steps under true CFG, until a threshold where a branch skips the second-to-last step (which the old
     rule computed)."""
     for thresh in (0.15, 0.2, 0.3):
-        ours, theirs = _against_the_reference(thresh, STEPS, make_transformer, negative=make_inputs(seed=7))
+        ours, theirs = against_the_reference(thresh, STEPS, make_transformer, negative=make_inputs(seed=7))
         assert ours == theirs and len(ours) == 2
         if any(STEPS - 2 not in steps for steps in theirs):
             break
     else:
         pytest.fail(f"retune: no branch skips step {STEPS - 2}: {theirs}")
 
-
-@pytest.mark.parametrize("condition_type", ["token_replace", "latent_concat"])
-def test_image_to_video_transformer_takes_the_reference_decisions(condition_type):
-    """diffusers' I2V transformer, fed as HunyuanVideoImageToVideoPipeline feeds it; the reference computes the
-    token-replace modulation of the first frame itself."""
-    image = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    for thresh in (0.15, 0.3):
-        ours, theirs = _against_the_reference(thresh, STEPS, lambda: make_i2v_transformer(condition_type),
-                                              wrap=lambda call: i2v_caller(call, condition_type, image))
-        assert ours == theirs
-        if STEPS - 2 not in theirs[0]:
-            break
-    else:
-        pytest.fail(f"retune: no threshold skips step {STEPS - 2}: {theirs}")

@@ -66,12 +66,16 @@ def sample(call, inputs: dict, num_steps: int, negative: dict | None = None, tru
     return x
 
 
-def make_tiny_pipeline(root):
-    """Save a tiny ``HunyuanVideoPipeline`` under ``root``: locally trained tokenizers, tiny Llama and CLIP text
-    encoders, tiny VAE and transformer, all random. Loads with ``HunyuanVideoPipeline.from_pretrained(root)``."""
+def make_tiny_pipeline(root, kind: str = "t2v"):
+    """Save a tiny HunyuanVideo pipeline under ``root``: locally trained tokenizers, tiny Llama and CLIP text
+    encoders, tiny VAE and transformer, all random. ``kind``: ``t2v`` (HunyuanVideoPipeline), ``skyreels``
+    (HunyuanSkyreelsImageToVideoPipeline: image latents concatenated in channels) or ``framepack``
+    (HunyuanVideoFramepackPipeline: its own transformer class and a tiny SigLIP image encoder). Loads with
+    ``DiffusionPipeline.from_pretrained(path)``."""
     from pathlib import Path
 
-    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    import diffusers
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
 
     from support import tiny_checkpoints as T
 
@@ -88,11 +92,31 @@ def make_tiny_pipeline(root):
         up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
         act_fn="silu", norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
         temporal_compression_ratio=4, mid_block_add_attention=True).eval()
-    transformer = make_transformer(seed=4, text_embed_dim=text_encoder.config.hidden_size,
-                                   pooled_projection_dim=text_encoder_2.config.hidden_size)
-    pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
-                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
-                                tokenizer_2=tokenizer_2)
+    dims = dict(text_embed_dim=text_encoder.config.hidden_size,
+                pooled_projection_dim=text_encoder_2.config.hidden_size)
+    extra = {}
+    if kind == "framepack":
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+        torch.manual_seed(5)
+        image_encoder = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+            patch_size=16)).eval()
+        torch.manual_seed(4)
+        transformer = randomize_(diffusers.HunyuanVideoFramepackTransformer3DModel(
+            **{**TINY_CONFIG, **dims}, has_image_proj=True, image_proj_dim=16, has_clean_x_embedder=True), 4).eval()
+        extra = dict(image_encoder=image_encoder,
+                     feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+        cls = diffusers.HunyuanVideoFramepackPipeline
+    elif kind == "skyreels":
+        transformer = make_transformer(seed=4, in_channels=2 * TINY_CONFIG["in_channels"], **dims)
+        cls = diffusers.HunyuanSkyreelsImageToVideoPipeline
+    else:
+        transformer = make_transformer(seed=4, **dims)
+        cls = diffusers.HunyuanVideoPipeline
+    pipe = cls(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+               scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+               tokenizer_2=tokenizer_2, **extra)
     pipe.save_pretrained(root / "pipeline")
     return root / "pipeline"
 
@@ -121,3 +145,31 @@ def i2v_caller(call, condition_type: str, image_latents: torch.Tensor):
         mask[:, :, :1] = 1
         return call(hidden_states=torch.cat([hidden_states, cond, mask], dim=1), **kw)
     return wrapped
+
+
+def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call):
+    """Run the cache and the reference (``tests/reference_rule.py``, one instance per guidance branch) on the same
+    inputs; asserts the same outputs and returns both runs' per-branch computed steps."""
+    import teacache_sample_video as tc
+    from reference_rule import DIFFUSERS, ReferenceTeaCache
+
+    model = make()
+    cache = tc.enable_teacache(model, thresh, num_steps=steps)
+    outs, ref_outs = [], []
+    with torch.no_grad():
+        final = sample(wrap(model), make_inputs(), steps, negative=negative, outputs=outs)
+    refs = [ReferenceTeaCache(make(), steps, thresh, **DIFFUSERS) for _ in range(2)]
+
+    def route(**kw):  # diffusers' true CFG: the negative prompt's call is the second branch
+        ref = refs[negative is not None and kw["encoder_hidden_states"] is negative["encoder_hidden_states"]]
+        return ref(**kw)
+
+    with torch.no_grad():
+        ref_final = sample(wrap(route), make_inputs(), steps, negative=negative, outputs=ref_outs)
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(final, ref_final, rtol=1e-5, atol=1e-5)
+    s = cache.stats()
+    ours = [b["computed_steps"] for b in s.get("branches", [s])]
+    theirs = [[i for i, c in enumerate(r.decisions) if c] for r in refs[:len(ours)]]
+    return ours, theirs

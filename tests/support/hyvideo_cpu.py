@@ -79,7 +79,44 @@ def add_hunyuanvideo_to_path() -> Path:
         )
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+    _stub_training_only_imports()
     return path
+
+
+def _stub_training_only_imports() -> None:
+    """HunyuanVideo-I2V's ``hyvideo.utils.helpers`` imports ``deepspeed`` and ``torch.utils.tensorboard`` at the top
+    for its training helpers, which inference never calls. Where they are not installed, that module is imported
+    once with empty stand-ins in ``sys.modules``, which are removed again right after, so that diffusers' and
+    transformers' checks of what is installed (imported first) never see them; using one raises."""
+    import importlib.util
+    import types
+
+    if not (Path(sys.path[0]) / "hyvideo" / "utils" / "helpers.py").is_file() or "hyvideo.utils.helpers" in sys.modules:
+        return
+    missing = {}
+    if importlib.util.find_spec("deepspeed") is None:
+        missing["deepspeed"] = types.ModuleType("deepspeed")
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        board = types.ModuleType("torch.utils.tensorboard")
+
+        def summary_writer(*_, **__):
+            raise RuntimeError("torch.utils.tensorboard is a test stand-in here: training code is not supported")
+
+        board.SummaryWriter = summary_writer
+        missing["torch.utils.tensorboard"] = board
+    if not missing:
+        return
+    import diffusers.models.modeling_utils  # noqa: F401  (their availability checks run now, without the stand-ins)
+    import transformers.modeling_utils  # noqa: F401
+
+    sys.modules.update(missing)
+    try:
+        importlib.import_module("hyvideo.utils.helpers")
+    finally:
+        for name in missing:
+            sys.modules.pop(name, None)
 
 
 def register_tiny_config(name: str = TINY_MODEL_NAME, **overrides) -> str:
@@ -356,11 +393,11 @@ def make_tiny_args(model: str = TINY_MODEL_NAME, argv: Optional[List[str]] = Non
     from hyvideo import config as hy_config
 
     parser = argparse.ArgumentParser(description="HunyuanVideo inference script (tiny, tests)")
-    parser = hy_config.add_network_args(parser)
-    parser = hy_config.add_extra_models_args(parser)
-    parser = hy_config.add_denoise_schedule_args(parser)
-    parser = hy_config.add_inference_args(parser)
-    parser = hy_config.add_parallel_args(parser)
+    groups = ["add_network_args", "add_extra_models_args", "add_denoise_schedule_args",
+              *(g for g in ("add_i2v_args", "add_lora_args") if hasattr(hy_config, g)),  # HunyuanVideo-I2V
+              "add_inference_args", "add_parallel_args"]
+    for group in groups:
+        parser = getattr(hy_config, group)(parser)
     base = [
         "--model", model,
         "--precision", "fp32",
@@ -405,9 +442,12 @@ def make_tiny_transformer(
     args = make_tiny_args(model=name, **(args_overrides or {}))
     from hyvideo.modules import load_model
 
+    in_channels = LATENT_CHANNELS
+    if getattr(args, "i2v_condition_type", None) == "latent_concat":  # I2V: [latents, image latents, mask]
+        in_channels = 2 * LATENT_CHANNELS + 1
     model = load_model(
         args,
-        in_channels=LATENT_CHANNELS,
+        in_channels=in_channels,
         out_channels=LATENT_CHANNELS,
         factor_kwargs={"device": device, "dtype": dtype},
     )
