@@ -104,6 +104,7 @@ def run_one(setting: str, opts) -> dict:
     return {
         "setting": setting,
         "image_tokens": image_tokens,
+        "i2v_condition_type": condition,
         "computed": len(computed),
         "wall_s": wall,
         "computed_step_s": _mean([s for i, s in enumerate(step_s) if i in computed]),
@@ -201,8 +202,9 @@ def main() -> int:
     rows = [fastest[setting] for setting in opts.settings]
 
     base = next((r for r in rows if r["setting"] == "off"), rows[0])
-    print(f"upstream HYVideoDiffusionTransformer, {opts.size} {SIZES[opts.size]}, {base['image_tokens']} image tokens, "
-          f"{opts.steps} steps, {opts.device} {opts.dtype}, fastest of {opts.repeats}")
+    kind = f" (HunyuanVideo-I2V, {base['i2v_condition_type']})" if base.get("i2v_condition_type") else ""
+    print(f"upstream HYVideoDiffusionTransformer{kind}, {opts.size} {SIZES[opts.size]}, {base['image_tokens']} image "
+          f"tokens, {opts.steps} steps, {opts.device} {opts.dtype}, fastest of {opts.repeats}")
     print(f"{'setting':>8} {'computed':>8} {'wall s':>8} {'speedup':>8} {'ideal':>6} {'ratio':>6} "
           f"{'computed s':>10} {'skipped s':>9} {'peak MiB':>9} {'extra':>7} {'cache MiB':>9} {'act MiB':>8}")
     for r in rows:
