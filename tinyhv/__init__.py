@@ -13,7 +13,7 @@ and the speed-vs-fidelity benchmark run anywhere, on CPU, in seconds::
 __all__ = ["DEFAULT_ASSETS", "TinyHunyuanVideo", "TinyTextEncoder"]
 
 
-def __getattr__(name):  # lazy, so that ``python -m tinyhv.evaluate`` / ``tinyhv.train`` set OMP_WAIT_POLICY before torch
+def __getattr__(name):  # lazy: ``python -m tinyhv.evaluate`` / ``tinyhv.train`` set OMP_WAIT_POLICY before torch loads
     if name in __all__:
         from . import model
 
