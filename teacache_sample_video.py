@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """TeaCache for HunyuanVideo: training-free ~1.6x-2.1x faster sampling.
 
-Copy this file next to ``sample_video.py`` in a Tencent HunyuanVideo checkout and
-run it with the same flags, plus ``--rel-l1-thresh`` (0.1 ~ 1.6x, 0.15 ~ 2.1x, 0 off)::
+Copy this file next to ``sample_video.py`` in a Tencent HunyuanVideo checkout (or next to
+``sample_image2video.py`` in HunyuanVideo-I2V: it recognises the checkout) and run it with the
+same flags, plus ``--rel-l1-thresh`` (0.1 ~ 1.6x, 0.15 ~ 2.1x, 0 off)::
 
     python3 teacache_sample_video.py --video-size 720 1280 --video-length 129 \\
         --infer-steps 50 --prompt "A cat walks on the grass" --flow-reverse \\
@@ -931,8 +932,9 @@ def _standalone_help() -> None:
     parser = add_teacache_args(_ArgumentParser(
         prog="teacache_sample_video.py", usage="%(prog)s [sample_video.py's flags] [TeaCache flags]",
         description="HunyuanVideo inference with TeaCache. Copy this file next to sample_video.py in a Tencent "
-                    "HunyuanVideo checkout and run it there with sample_video.py's flags (upstream's argument "
-                    "groups from hyvideo/config.py: --help there lists them all) plus the TeaCache flags below.",
+                    "HunyuanVideo checkout (or next to sample_image2video.py in HunyuanVideo-I2V) and run it there "
+                    "with that script's flags (upstream's argument groups from hyvideo/config.py: --help there "
+                    "lists them all) plus the TeaCache flags below.",
         epilog="No HunyuanVideo checkout here, so only the TeaCache flags are listed. Without a checkout, "
                "--diffusers-model runs diffusers' HunyuanVideoPipeline instead (see "
                "`teacache_sample_video.py --diffusers-model X --help`)."))
@@ -952,8 +954,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _standalone_help()
             return 0
         print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
-              "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo and run it from there "
-              "(or pass --diffusers-model to use diffusers' HunyuanVideoPipeline)", file=sys.stderr)
+              "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo (or sample_image2video.py "
+              "in Tencent/HunyuanVideo-I2V) and run it from there (or pass --diffusers-model to use diffusers' "
+              "HunyuanVideo pipelines)", file=sys.stderr)
         return 2
     from hyvideo import config as hy_config
 
