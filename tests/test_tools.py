@@ -76,6 +76,7 @@ def bench_caches(monkeypatch):
         monkeypatch.setattr(sys, "argv", ["bench_caches.py", *map(str, args)])
         return module.main()
 
+    main.module = module
     return main
 
 
@@ -107,7 +108,8 @@ def test_bench_caches_replot_without_matplotlib_fails_up_front(bench_caches, no_
     assert list(tmp_path.iterdir()) == [table]
 
 
-def test_bench_caches_refuses_to_replace_results_unless_asked(bench_caches, tmp_path, capsys):
+def test_bench_caches_refuses_to_replace_results_unless_asked(bench_caches, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_caches.module, "_have_matplotlib", lambda: True)  # (installed or not)
     out = tmp_path / "r.csv"
     out.write_text("a previous run\n")
     assert bench_caches("--model", "random", "--out", out) == 2
