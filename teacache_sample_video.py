@@ -1011,6 +1011,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # --------------------------------------------------------------------------- #
 
 
+#: diffusers' HunyuanVideo pipelines the CLI runs: whether each takes an ``image``, and whether one call denoises
+#: several sections in a row (FramePack), each a generation of its own for the cache.
+DIFFUSERS_PIPELINES = {
+    "HunyuanVideoPipeline": dict(image=False, sections=False),
+    "HunyuanVideoImageToVideoPipeline": dict(image=True, sections=False),
+    "HunyuanSkyreelsImageToVideoPipeline": dict(image=True, sections=False),
+    "HunyuanVideoFramepackPipeline": dict(image=True, sections=True),
+}
+
+
 def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The same flag names as upstream's sample_video.py where they mean the same thing."""
     group = parser.add_argument_group(title="diffusers HunyuanVideo args")
@@ -1042,16 +1052,6 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--fps", type=int, default=24)
     group.add_argument("--save-path", type=str, default="./results")
     return parser
-
-
-#: diffusers' HunyuanVideo pipelines the CLI runs: whether each takes an ``image``, and whether one call denoises
-#: several sections in a row (FramePack), each a generation of its own for the cache.
-DIFFUSERS_PIPELINES = {
-    "HunyuanVideoPipeline": dict(image=False, sections=False),
-    "HunyuanVideoImageToVideoPipeline": dict(image=True, sections=False),
-    "HunyuanSkyreelsImageToVideoPipeline": dict(image=True, sections=False),
-    "HunyuanVideoFramepackPipeline": dict(image=True, sections=True),
-}
 
 
 def _pipeline_class_name(args, parser) -> str:
