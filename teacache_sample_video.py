@@ -271,7 +271,7 @@ class TeaCache:
 
         ``sections=True``: the generation is several denoising runs of ``num_steps`` steps in a row (diffusers'
         FramePack denoises a video section by section); each section starts from a fresh state, as a generation of
-        its own would, and ``stats()["sections"]`` lists them."""
+        its own would; ``stats()`` describes the section in progress and ``report()["sections"]`` lists them all."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         self._gen = _Generation(num_steps=num_steps)
