@@ -73,18 +73,8 @@ def run_one(setting: str, opts) -> dict:
     x = inputs.pop("x")[:, :hc.LATENT_CHANNELS]
     inputs.pop("t")
 
-    def model_input(x):
-        """I2V's pipeline: the image latent replaces the first frame (token_replace), or comes in as channels with
-        a first-frame mask (latent_concat)."""
-        if condition == "token_replace":
-            return torch.cat([image, x[:, :, 1:]], dim=2)
-        if condition == "latent_concat":
-            concat, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
-            concat[:, :, :1], mask[:, :, :1] = image, 1
-            return torch.cat([x, concat, mask], dim=1)
-        return x
-
-    model(model_input(x), scheduler.timesteps[:1].expand(x.shape[0]).to(dtype), **inputs)  # warm-up, not timed
+    first = scheduler.timesteps[:1].expand(x.shape[0]).to(dtype)
+    model(hc.i2v_model_input(x, image, condition), first, **inputs)  # warm-up, not timed
     if cache:
         cache.reset(opts.steps)
     if device.type == "cuda":
@@ -92,7 +82,7 @@ def run_one(setting: str, opts) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ticks = [time.perf_counter()]
     for t in scheduler.timesteps:
-        out = model(model_input(x), t.expand(x.shape[0]).to(dtype), **inputs)["x"]
+        out = model(hc.i2v_model_input(x, image, condition), t.expand(x.shape[0]).to(dtype), **inputs)["x"]
         x = scheduler.step(out, t, x, return_dict=False)[0]
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -456,6 +456,20 @@ def make_tiny_transformer(
     return model, args
 
 
+def i2v_model_input(x: torch.Tensor, image: torch.Tensor, condition: Optional[str]) -> torch.Tensor:
+    """What HunyuanVideo-I2V's pipeline feeds its transformer for latents ``x`` and a first-frame image latent
+    ``image`` (batch 1): the image replaces the first latent frame (``token_replace``), or comes in as channels with
+    a first-frame mask (``latent_concat``); ``x`` itself otherwise."""
+    image = image.expand(x.shape[0], -1, -1, -1, -1)
+    if condition == "token_replace":
+        return torch.cat([image, x[:, :, 1:]], dim=2)
+    if condition == "latent_concat":
+        concat, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
+        concat[:, :, :1], mask[:, :, :1] = image, 1
+        return torch.cat([x, concat, mask], dim=1)
+    return x
+
+
 def rotary_freqs(model, latent_t: int, latent_h: int, latent_w: int, rope_theta: float = 256):
     """(freqs_cos, freqs_sin) for a latent of size (t, h, w), computed the way
     ``HunyuanVideoSampler.get_rotary_pos_embed`` does (sizes divided by the

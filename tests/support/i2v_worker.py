@@ -42,16 +42,10 @@ def denoise(call, inputs, image, condition, outputs=None):
     kw = dict(inputs)
     x = kw.pop("x")[:, :hc.LATENT_CHANNELS]
     kw.pop("t")
-    mask = torch.zeros_like(x[:, :1])
-    mask[:, :, :1] = 1
-    concat = torch.zeros_like(x)
-    concat[:, :, :1] = image
     for t in scheduler.timesteps:
+        model_in = hc.i2v_model_input(x, image, condition)
         if condition == "token_replace":
-            x = torch.cat([image.expand(x.shape[0], -1, -1, -1, -1), x[:, :, 1:]], dim=2)
-            model_in = x
-        else:
-            model_in = torch.cat([x, concat, mask], dim=1)
+            x = model_in  # the pipeline keeps the image in the latents' first frame
         out = call(model_in, t.expand(x.shape[0]), **kw)["x"]
         if outputs is not None:
             outputs.append(out)
