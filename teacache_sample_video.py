@@ -802,8 +802,8 @@ def _prompts(args: argparse.Namespace) -> List[str]:
 
 def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_steps: int,
                     setting: dict) -> TeaCache:
-    """``enable_teacache`` as the TeaCache flags ask; the chosen values end up in every report."""
-    notes: dict = {}
+    """``enable_teacache`` as the TeaCache flags ask; the chosen values (and the model) end up in every report."""
+    notes: dict = {"model": model_identity(transformer)}
     coefficients, thresh = PUBLISHED_COEFFICIENTS, args.rel_l1_thresh
     options = dict(warmup_steps=args.teacache_warmup_steps, max_consecutive_skips=args.teacache_max_skips,
                    rule=args.teacache_rule)

@@ -52,6 +52,18 @@ def reference_computed_steps(rel_l1, thresh, coefficients=PUBLISHED):
     return [step for step, value in enumerate(rel_l1) if counter(value)]
 
 
+def decision_margin(rel_l1, thresh, coefficients=PUBLISHED) -> float:
+    """How close the reference's accumulated distance comes to the threshold on the steps it decides (those it does
+    not force). Two runs whose indicators differ by rounding (e.g. sequence-parallel against one process) take the
+    same decisions when this is well above that difference."""
+    counter, margin = ReferenceCounter(len(rel_l1), thresh, coefficients), float("inf")
+    for value in rel_l1:
+        if 0 < counter.cnt < counter.num_steps - 1:
+            margin = min(margin, abs(counter.acc + counter.rescale(value) - thresh))
+        counter(value)
+    return margin
+
+
 class ReferenceTeaCache:
     def __init__(self, model, infer_steps, thresh, *, block_lists, final, modulated, image_arg=0,
                  coefficients=PUBLISHED):

@@ -51,6 +51,12 @@ TINY_CONFIG: Dict[str, object] = {
     "guidance_embed": True,
 }
 
+#: HunyuanVideo-I2V's model (``--model HYVideo-T/2``) has no ``guidance_embed`` in its config: its
+#: ``from_pretrained`` adds it when ``--embedded-cfg-scale`` is given (and fails if the config has it too). With
+#: that flag its parameters are those of the tiny config above.
+TINY_I2V_MODEL_NAME = "HYVideo-T/2-tiny-i2v"
+TINY_I2V_CONFIG_OVERRIDES = {"guidance_embed": None}
+
 # Attribute names used to mark/keep state on upstream's attention module, so
 # that installing twice (even through two import names of this file) is safe.
 _ORIGINALS_ATTR = "_hyvideo_cpu_originals"
@@ -122,8 +128,8 @@ def _stub_training_only_imports() -> None:
 def register_tiny_config(name: str = TINY_MODEL_NAME, **overrides) -> str:
     """Register a tiny transformer config in upstream's ``HUNYUAN_VIDEO_CONFIG``.
 
-    ``overrides`` update :data:`TINY_CONFIG` (e.g. ``hidden_size=32``). Returns
-    ``name``. Re-registering a name replaces its entry.
+    ``overrides`` update :data:`TINY_CONFIG` (e.g. ``hidden_size=32``; None removes a
+    key). Returns ``name``. Re-registering a name replaces its entry.
 
     Ordering: this only imports ``hyvideo.modules.models`` (not
     ``hyvideo.config``), so it may be called before ``hyvideo.config`` is
@@ -138,6 +144,7 @@ def register_tiny_config(name: str = TINY_MODEL_NAME, **overrides) -> str:
 
     cfg = dict(TINY_CONFIG)
     cfg.update(overrides)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
     cfg["rope_dim_list"] = list(cfg["rope_dim_list"])
     head_dim = cfg["hidden_size"] // cfg["heads_num"]
     if cfg["hidden_size"] % cfg["heads_num"] or sum(cfg["rope_dim_list"]) != head_dim:
@@ -327,6 +334,40 @@ def install_cuda_autocast_redirect() -> bool:
 
     setattr(autocast, _STANDIN_MARK, True)
     torch.autocast = autocast
+    return True
+
+
+def install_llava_legacy_image_tokens() -> bool:
+    """HunyuanVideo-I2V (which pins transformers 4.39) tokenises its template with ONE ``<image>`` token and lets
+    LLaVA expand it into the image's features; its crop offsets (``image_emb_start/end``, ``crop_start - 1 +
+    image_emb_len``) assume that expansion. Later transformers expect one token per feature and raise "Image
+    features and image tokens do not match". This repeats a lone ``<image>`` token ``image_seq_length`` times (and
+    its attention mask), which is the sequence 4.39's merge builds for right-padded input. Idempotent; returns True
+    if it patched (False where transformers has no such check)."""
+    from transformers.models.llava import modeling_llava
+
+    LlavaForConditionalGeneration = modeling_llava.LlavaForConditionalGeneration
+    original = LlavaForConditionalGeneration.forward
+    if getattr(original, _STANDIN_MARK, False):
+        return True
+    if not hasattr(getattr(modeling_llava, "LlavaModel", None), "get_placeholder_mask"):
+        return False
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, **kwargs):
+        image_id, n = self.config.image_token_id, self.config.image_seq_length
+        if pixel_values is not None and input_ids is not None and n > 1 and bool(
+                ((input_ids == image_id).sum(dim=1) == 1).all()):
+            at = (input_ids == image_id).int().argmax(dim=1).tolist()
+            input_ids = torch.stack([torch.cat([ids[:k], ids.new_full((n,), image_id), ids[k + 1:]])
+                                     for ids, k in zip(input_ids, at)])
+            if attention_mask is not None:
+                attention_mask = torch.stack([torch.cat([m[:k], m.new_ones(n), m[k + 1:]])
+                                              for m, k in zip(attention_mask, at)])
+        return original(self, input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                        **kwargs)
+
+    setattr(forward, _STANDIN_MARK, True)
+    LlavaForConditionalGeneration.forward = forward
     return True
 
 

@@ -1,6 +1,9 @@
 """Checks on Tencent HunyuanVideo-I2V's own transformer, in a process of its own (its ``hyvideo`` package is not
 the text-to-video one): ``HUNYUANVIDEO_ROOT=<I2V checkout> python tests/support/i2v_worker.py CONDITION OUT.json``.
 
+``... i2v_worker.py model-base ROOT OUT.json`` writes the tiny model base of ``sample_image2video.py`` instead
+(``tiny_checkpoints.make_tiny_i2v_model_base``), for the CLI tests.
+
 For ``token_replace`` and ``latent_concat``, with tiny random weights on CPU and the denoising loop of I2V's
 pipeline (the image latent replaces the first latent frame at every step, or comes in as channels with a mask):
 - the indicator the cache takes equals the tensor the first double block feeds its attention (``img_attn_qkv``);
@@ -112,5 +115,12 @@ def main(condition: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result, indent=1))
 
 
+def model_base(root: str, out_path: str) -> None:
+    """The tiny model base of ``sample_image2video.py``, written under ``root``; its description to ``out_path``."""
+    from support.tiny_checkpoints import make_tiny_i2v_model_base
+
+    Path(out_path).write_text(json.dumps(make_tiny_i2v_model_base(Path(root)), indent=1))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    (model_base if sys.argv[1] == "model-base" else main)(*sys.argv[-2:])

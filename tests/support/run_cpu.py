@@ -9,19 +9,25 @@ Before SCRIPT runs as ``__main__`` (via runpy, ``sys.argv = [SCRIPT, *args]``,
 ``sys.path[0]`` = SCRIPT's directory, as ``python SCRIPT`` would do) this:
 
 1. puts ``$HUNYUANVIDEO_ROOT`` on ``sys.path``;
-2. registers the tiny transformer config (``--model HYVideo-T/2-tiny``);
+2. registers the tiny transformer configs (``--model HYVideo-T/2-tiny``, and
+   ``HYVideo-T/2-tiny-i2v`` for HunyuanVideo-I2V);
 3. installs the CPU stand-ins for ``get_cu_seqlens`` and flash attention;
 4. redirects ``torch.autocast(device_type="cuda")`` to the CPU (no-op for
    fp32 runs, where upstream disables autocast anyway);
 5. if ``import torchvision`` fails, installs a minimal ``torchvision`` stub
-   whose ``utils.make_grid`` is enough for upstream's ``save_videos_grid``;
-6. under ``torchrun`` (``WORLD_SIZE`` > 1), installs xfuser's CPU stand-ins and
+   whose ``utils.make_grid`` is enough for upstream's ``save_videos_grid`` (and whose
+   ``transforms`` cover HunyuanVideo-I2V's image preprocessing);
+6. makes transformers' LLaVA expand a lone ``<image>`` token as the 4.39 that
+   HunyuanVideo-I2V pins did (``hyvideo_cpu.install_llava_legacy_image_tokens``);
+7. under ``torchrun`` (``WORLD_SIZE`` > 1), installs xfuser's CPU stand-ins and
    sends upstream's nccl / ``cuda:N`` set-up to gloo and the CPU
    (``xfuser_cpu.py``), so that ``--ulysses-degree`` / ``--ring-degree`` run.
 
 Optional: ``HYVIDEO_CPU_SAVE_TENSORS=DIR`` also saves every tensor passed to
 ``hyvideo.utils.file_utils.save_videos_grid`` as ``DIR/<video name>.pt``
-(exact values, unlike the lossy .mp4).
+(exact values, unlike the lossy .mp4); ``HYVIDEO_CPU_SAVE_FRAMES=DIR`` saves the
+uint8 frames of every video written through ``imageio.mimsave`` (upstream's and
+ours) as ``DIR/<video name>.npy``.
 """
 
 from __future__ import annotations
@@ -72,6 +78,65 @@ def _make_grid(tensor, nrow=8, padding=2, normalize=False, value_range=None,
     return grid
 
 
+class _Compose:
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class _Resize:
+    """PIL resize of the shorter edge to ``size`` (torchvision's rule for an int size), bilinear."""
+
+    def __init__(self, size):
+        if not isinstance(size, int):
+            raise NotImplementedError("torchvision stub: Resize takes an int size only")
+        self.size = size
+
+    def __call__(self, image):
+        from PIL import Image
+
+        w, h = image.size
+        short, long = min(w, h), max(w, h)
+        new_short, new_long = self.size, int(self.size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        return image if (new_w, new_h) == (w, h) else image.resize((new_w, new_h), Image.BILINEAR)
+
+
+class _CenterCrop:
+    def __init__(self, size):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, image):
+        (th, tw), (w, h) = self.size, image.size
+        if th > h or tw > w:
+            raise NotImplementedError("torchvision stub: CenterCrop larger than the image")
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        return image.crop((left, top, left + tw, top + th))
+
+
+def _to_tensor(image):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+
+
+class _Normalize:
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, tensor):
+        import torch
+
+        mean = torch.as_tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
+        return (tensor - mean) / std
+
+
 def install_torchvision_stub() -> bool:
     """Install a ``torchvision`` stub if the real one cannot be imported.
 
@@ -96,8 +161,14 @@ def install_torchvision_stub() -> bool:
     utils.__spec__ = importlib.machinery.ModuleSpec("torchvision.utils", loader=None)
     utils.make_grid = _make_grid
     tv.utils = utils
+    transforms = types.ModuleType("torchvision.transforms")  # what HunyuanVideo-I2V's image preprocessing uses
+    transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", loader=None)
+    transforms.Compose, transforms.Resize, transforms.CenterCrop = _Compose, _Resize, _CenterCrop
+    transforms.ToTensor, transforms.Normalize = (lambda: _to_tensor), _Normalize
+    tv.transforms = transforms
     sys.modules["torchvision"] = tv
     sys.modules["torchvision.utils"] = utils
+    sys.modules["torchvision.transforms"] = transforms
     return True
 
 
@@ -115,6 +186,23 @@ def _install_tensor_dump(out_dir: str) -> None:
     fu.save_videos_grid = save_videos_grid
 
 
+def _install_frame_dump(out_dir: str) -> None:
+    """Every video written through ``imageio.mimsave`` (upstream's ``save_videos_grid`` and our ``save_video``)
+    also goes to ``out_dir/<video name>.npy`` as the uint8 frames given to the encoder: comparable exactly, unlike
+    the decoded mp4 (H.264 turns a one-level difference in noisy frames into tens of levels)."""
+    import imageio
+    import numpy as np
+
+    original = imageio.mimsave
+
+    def mimsave(uri, ims, *args, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        np.save(Path(out_dir) / (Path(str(uri)).stem + ".npy"), np.stack([np.asarray(im) for im in ims]))
+        return original(uri, ims, *args, **kwargs)
+
+    imageio.mimsave = mimsave
+
+
 def prepare() -> None:
     """Everything the runner does before handing over to SCRIPT."""
     if str(_REPO_ROOT) not in sys.path:
@@ -123,9 +211,11 @@ def prepare() -> None:
 
     hyvideo_cpu.add_hunyuanvideo_to_path()
     hyvideo_cpu.register_tiny_config()
+    hyvideo_cpu.register_tiny_config(hyvideo_cpu.TINY_I2V_MODEL_NAME, **hyvideo_cpu.TINY_I2V_CONFIG_OVERRIDES)
     hyvideo_cpu.install_cpu_standins()
     hyvideo_cpu.install_cuda_autocast_redirect()
     install_torchvision_stub()
+    hyvideo_cpu.install_llava_legacy_image_tokens()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from tests.support import xfuser_cpu
 
@@ -134,6 +224,8 @@ def prepare() -> None:
     dump_dir = os.environ.get("HYVIDEO_CPU_SAVE_TENSORS")
     if dump_dir:
         _install_tensor_dump(dump_dir)
+    if os.environ.get("HYVIDEO_CPU_SAVE_FRAMES"):
+        _install_frame_dump(os.environ["HYVIDEO_CPU_SAVE_FRAMES"])
 
 
 def main(argv=None) -> None:

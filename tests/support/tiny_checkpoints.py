@@ -79,8 +79,10 @@ def _corpus() -> List[str]:
 # --------------------------------------------------------------------------
 # Tokenizers
 # --------------------------------------------------------------------------
-def build_llm_tokenizer(corpus: List[str], vocab_size: int = 1024):
-    """Byte-level BPE (Llama-3 style split) as a transformers fast tokenizer."""
+def build_llm_tokenizer(corpus: List[str], vocab_size: int = 1024, specials: List[str] = LLM_SPECIAL_TOKENS,
+                        fixed_ids: Dict[str, int] = None):
+    """Byte-level BPE (Llama-3 style split) as a transformers fast tokenizer. ``fixed_ids`` moves learnt tokens to
+    the ids upstream hard-codes (swapping with the token that had the id)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,11 +97,13 @@ def build_llm_tokenizer(corpus: List[str], vocab_size: int = 1024):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=1,
-        special_tokens=LLM_SPECIAL_TOKENS,
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
+    if fixed_ids:
+        tok = _move_token_ids(tok, fixed_ids)
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
@@ -112,6 +116,22 @@ def build_llm_tokenizer(corpus: List[str], vocab_size: int = 1024):
         model_max_length=4096,
         padding_side="right",
     )
+
+
+def _move_token_ids(tok, fixed_ids: Dict[str, int]):
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    by_id = {i: t for t, i in vocab.items()}
+    for token, new_id in fixed_ids.items():
+        old_id = vocab[token]
+        other = by_id[new_id]
+        if any(a["id"] in (old_id, new_id) for a in spec["added_tokens"]):
+            raise ValueError(f"cannot move {token!r} to id {new_id}: a special token is involved")
+        vocab[token], vocab[other] = new_id, old_id
+        by_id[new_id], by_id[old_id] = token, other
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def _learn_bpe_merges(words: Counter, num_merges: int) -> List[Tuple[str, str]]:
@@ -260,10 +280,12 @@ def build_vae(seed: int):
     return vae.eval()
 
 
-def _check_template_crop(tokenizer) -> None:
+def _check_template_crop(tokenizer, names=None) -> None:
     from hyvideo.constants import PROMPT_TEMPLATE
 
     for name, entry in PROMPT_TEMPLATE.items():
+        if names is not None and name not in names:
+            continue
         prefix = entry["template"].split("{}")[0]
         n = len(tokenizer(prefix)["input_ids"])
         if n != entry["crop_start"]:
@@ -354,3 +376,124 @@ def use_model_base(root: Path) -> None:
     C.VAE_PATH.update({k: f"{root}/{VAE_RELPATH}" for k in C.VAE_PATH})
     C.TEXT_ENCODER_PATH.update({"clipL": f"{root}/text_encoder_2", "llm": f"{root}/text_encoder"})
     C.TOKENIZER_PATH.update({"clipL": f"{root}/text_encoder_2", "llm": f"{root}/text_encoder"})
+
+
+# --------------------------------------------------------------------------
+# HunyuanVideo-I2V (run with HUNYUANVIDEO_ROOT at a Tencent/HunyuanVideo-I2V checkout)
+# --------------------------------------------------------------------------
+I2V_DIT_RELPATH = {
+    "token_replace": "hunyuan-video-i2v-720p/transformers/mp_rank_00_model_states.pt",
+    "latent_concat": "hunyuan-video-i2v-720p/transformers/mp_rank_00_model_states_latent_concat.pt",
+}
+I2V_VAE_RELPATH = "hunyuan-video-i2v-720p/vae"
+I2V_LORA_RELPATH = "hunyuan-video-i2v-720p/lora/tiny_lora.safetensors"
+I2V_LORA_PREFIX = "Hunyuan_video_I2V_lora"  # what upstream's load_lora_for_pipeline strips
+#: LLaVA's image: 336 px in 14 px patches, 576 features after the CLS token is dropped, as upstream's template expects
+LLAVA_IMAGE_SIZE, LLAVA_PATCH = 336, 14
+
+
+def build_llava(tokenizer, seed: int):
+    """Tiny ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama), as upstream's ``llm-i2v`` loads it."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=H.TINY_TEXT_STATES_DIM, intermediate_size=2 * H.TINY_TEXT_STATES_DIM,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=H.TINY_TEXT_STATES_DIM // 4,
+        max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_seq_length=(LLAVA_IMAGE_SIZE // LLAVA_PATCH) ** 2,
+                         vision_feature_select_strategy="default", vision_feature_layer=-2,
+                         projector_hidden_act="gelu", tie_word_embeddings=False)
+    with _seeded(seed):
+        model = LlavaForConditionalGeneration(config)
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=1.0)
+    return model.eval()
+
+
+def build_image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIZE},
+                              crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE})
+
+
+def build_i2v_transformer(condition: str, seed: int):
+    dit, _ = H.make_tiny_transformer(seed=seed, args_overrides=dict(i2v_condition_type=condition))
+    return dit
+
+
+def build_lora(dit, seed: int, rank: int = 2, scale: float = 0.05) -> Dict[str, torch.Tensor]:
+    """Kohya-style LoRA for the image and text attention projections of every double block, with upstream's
+    key names (``<prefix>_double_blocks_0_img_attn_qkv.lora_down.weight``)."""
+    weights = {}
+    with _seeded(seed):
+        for i, block in enumerate(dit.double_blocks):
+            for name in ("img_attn_qkv", "txt_attn_qkv", "img_attn_proj"):
+                out_f, in_f = getattr(block, name).weight.shape
+                key = f"{I2V_LORA_PREFIX}_double_blocks_{i}_{name}"
+                weights[f"{key}.lora_down.weight"] = torch.randn(rank, in_f) * scale
+                weights[f"{key}.lora_up.weight"] = torch.randn(out_f, rank) * scale
+    return weights
+
+
+def make_tiny_i2v_model_base(root: Path, seed: int = 0, dit_seed: int = 0) -> Dict[str, object]:
+    """The model base of Tencent/HunyuanVideo-I2V's ``sample_image2video.py`` under ``root``: ``text_encoder_i2v``
+    (tiny LLaVA, its tokenizer with ``\\n\\n`` at upstream's ``double_return_token_id`` 271, and a
+    ``CLIPImageProcessor``), ``text_encoder_2`` (CLIP), the I2V VAE, one DiT per condition type and a LoRA.
+
+    Returns paths, ``env`` and ``cli_args`` (the flags every run needs, with ``--embedded-cfg-scale 6.0`` as in
+    upstream's README, which the DiT files are built for; add ``--i2v-dit-weight``
+    ``info["dit_weight"][condition]`` and ``--i2v-condition-type``). The transformers that upstream pins (4.39)
+    expand LLaVA's one ``<image>`` token itself; for later versions the runner installs
+    ``hyvideo_cpu.install_llava_legacy_image_tokens``."""
+    from safetensors.torch import save_file
+
+    root = Path(root).resolve()
+    H.add_hunyuanvideo_to_path()
+    model_name = H.register_tiny_config(H.TINY_I2V_MODEL_NAME, **H.TINY_I2V_CONFIG_OVERRIDES)
+    from hyvideo.constants import NEGATIVE_PROMPT_I2V, PROMPT_TEMPLATE
+
+    te_dir, te2_dir, vae_dir = root / "text_encoder_i2v", root / "text_encoder_2", root / I2V_VAE_RELPATH
+    for d in (te_dir, te2_dir, vae_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    corpus = _corpus() + [NEGATIVE_PROMPT_I2V]
+    double_return = PROMPT_TEMPLATE["dit-llm-encode-video-i2v"]["double_return_token_id"]
+    llm_tok = build_llm_tokenizer(corpus, specials=LLM_SPECIAL_TOKENS + ["<image>"],
+                                  fixed_ids={"\u010a\u010a": double_return})  # byte-level "\n\n"
+    _check_template_crop(llm_tok, names=("dit-llm-encode-video-i2v",))
+    if llm_tok("\n\n")["input_ids"][1:] != [double_return]:
+        raise AssertionError("tiny tokenizer: '\\n\\n' is not upstream's double_return_token_id")
+    llm_tok.save_pretrained(str(te_dir))
+    build_image_processor().save_pretrained(str(te_dir))
+    build_llava(llm_tok, seed).save_pretrained(str(te_dir), safe_serialization=True)
+
+    clip_tok = build_clip_tokenizer(corpus, te2_dir)
+    build_clip(clip_tok, seed + 1).save_pretrained(str(te2_dir), safe_serialization=True)
+
+    vae = build_vae(seed + 2)
+    vae.save_config(str(vae_dir))
+    torch.save(vae.state_dict(), vae_dir / "pytorch_model.pt")
+
+    dit_paths = {}
+    for condition, rel in I2V_DIT_RELPATH.items():
+        dit = build_i2v_transformer(condition, dit_seed)
+        dit_paths[condition] = root / rel
+        dit_paths[condition].parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"module": dit.state_dict()}, dit_paths[condition])
+    lora = root / I2V_LORA_RELPATH
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    save_file(build_lora(dit, seed + 3), str(lora))
+
+    cli_args = [
+        "--model", model_name, "--model-base", str(root), "--i2v-mode", "--embedded-cfg-scale", "6.0",
+        "--text-states-dim", str(H.TINY_TEXT_STATES_DIM), "--text-states-dim-2", str(H.TINY_TEXT_STATES_DIM_2),
+        "--precision", "fp32", "--vae-precision", "fp32",
+        "--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32",
+    ]
+    return {"model_base": str(root), "dit_weight": {k: str(v) for k, v in dit_paths.items()}, "lora": str(lora),
+            "model": model_name, "env": {"MODEL_BASE": str(root)}, "cli_args": cli_args}

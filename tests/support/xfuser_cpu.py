@@ -203,6 +203,24 @@ class _CpuDeviceTorch(types.ModuleType):
     def device(spec, *args):
         return torch.device("cpu") if str(spec).startswith("cuda") else torch.device(spec, *args)
 
+    @property
+    def cuda(self):  # HunyuanVideo-I2V's from_pretrained calls torch.cuda.set_device(LOCAL_RANK)
+        return _CpuCuda()
+
+
+class _CpuCuda(types.ModuleType):
+    """``torch.cuda`` with ``set_device`` a no-op (the CPU stays the device)."""
+
+    def __init__(self):
+        super().__init__("torch.cuda")
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def set_device(device):
+        return None
+
 
 def install_hyvideo_distributed_cpu_redirect() -> None:
     """Item 7 of the module docstring (idempotent). Call after ``install_xfuser_cpu_standins``, in a process that
