@@ -140,7 +140,16 @@ def test_sections_each_start_afresh():
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
-    return {kind: make_tiny_pipeline(root / kind, kind) for kind in ("skyreels", "framepack")}
+    made = {kind: make_tiny_pipeline(root / kind, kind) for kind in ("skyreels", "framepack")}
+    for condition_type in ("token_replace", "latent_concat"):
+        made[f"i2v_{condition_type}"] = make_tiny_pipeline(root / condition_type, "i2v", condition_type)
+    return made
+
+
+#: the single-call image-to-video pipelines, by fixture name
+IMAGE_TO_VIDEO = {"skyreels": "HunyuanSkyreelsImageToVideoPipeline",
+                  "i2v_token_replace": "HunyuanVideoImageToVideoPipeline",
+                  "i2v_latent_concat": "HunyuanVideoImageToVideoPipeline"}
 
 
 @pytest.fixture(scope="module")
@@ -161,28 +170,33 @@ def _report(save):
     return video, json.loads(video.with_suffix(".json").read_text())
 
 
-def test_cli_skyreels_threshold_zero_is_the_plain_pipeline(pipelines, image, tmp_path):
-    from diffusers import HunyuanSkyreelsImageToVideoPipeline
+@pytest.mark.parametrize("kind", list(IMAGE_TO_VIDEO))
+def test_cli_threshold_zero_is_the_plain_pipeline(pipelines, image, tmp_path, kind):
+    import diffusers
     from diffusers.utils import load_image
 
-    assert run(pipelines["skyreels"], tmp_path, "--image", str(image), "--rel-l1-thresh", "0") == 0
+    assert run(pipelines[kind], tmp_path, "--image", str(image), "--rel-l1-thresh", "0") == 0
     video, report = _report(tmp_path)
-    pipe = HunyuanSkyreelsImageToVideoPipeline.from_pretrained(pipelines["skyreels"])
+    pipe = getattr(diffusers, IMAGE_TO_VIDEO[kind]).from_pretrained(pipelines[kind])
     frames = pipe(image=load_image(str(image)), prompt="a cat walks on the grass", height=32, width=32,
                   num_frames=5, num_inference_steps=6, guidance_scale=6.0,
                   generator=torch.Generator("cpu").manual_seed(3), output_type="pt").frames[0]
     tc.save_video(frames.permute(1, 0, 2, 3), tmp_path / "plain.mp4")
     assert (iio.imread(video) == iio.imread(tmp_path / "plain.mp4")).all()
-    assert report["pipeline"] == "HunyuanSkyreelsImageToVideoPipeline" and report["skipped_steps"] == []
+    assert report["pipeline"] == IMAGE_TO_VIDEO[kind] and report["skipped_steps"] == []
+    if kind.startswith("i2v_"):
+        assert report["model"]["image_condition"] == kind[len("i2v_"):]
 
 
-def test_cli_skyreels_true_cfg_decisions_per_branch(pipelines, image, tmp_path):
-    assert run(pipelines["skyreels"], tmp_path, "--image", str(image), "--cfg-scale", "3", "--neg-prompt",
+@pytest.mark.parametrize("kind", list(IMAGE_TO_VIDEO))
+def test_cli_true_cfg_decisions_per_branch(pipelines, image, tmp_path, kind):
+    assert run(pipelines[kind], tmp_path, "--image", str(image), "--cfg-scale", "3", "--neg-prompt",
                "blurry", "--rel-l1-thresh", "0.3") == 0
     _, report = _report(tmp_path)
     assert report["num_branches"] == 2
     for branch in report["branches"]:
         assert branch["computed_steps"] == reference_computed_steps(branch["rel_l1"], 0.3)
+    assert any(branch["skipped_steps"] for branch in report["branches"]), "retune: nothing skipped"
 
 
 def test_cli_framepack_resets_per_section(pipelines, image, tmp_path):

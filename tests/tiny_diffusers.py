@@ -66,9 +66,11 @@ def sample(call, inputs: dict, num_steps: int, negative: dict | None = None, tru
     return x
 
 
-def make_tiny_pipeline(root, kind: str = "t2v"):
+def make_tiny_pipeline(root, kind: str = "t2v", condition_type: str = "token_replace"):
     """Save a tiny HunyuanVideo pipeline under ``root``: locally trained tokenizers, tiny Llama and CLIP text
-    encoders, tiny VAE and transformer, all random. ``kind``: ``t2v`` (HunyuanVideoPipeline), ``skyreels``
+    encoders, tiny VAE and transformer, all random. ``kind``: ``t2v`` (HunyuanVideoPipeline), ``i2v``
+    (HunyuanVideoImageToVideoPipeline with ``condition_type``: a tiny LLaVA text encoder whose tokenizer fits the
+    pipeline's hard-coded template offsets, and a CLIPImageProcessor), ``skyreels``
     (HunyuanSkyreelsImageToVideoPipeline: image latents concatenated in channels) or ``framepack``
     (HunyuanVideoFramepackPipeline: its own transformer class and a tiny SigLIP image encoder). Loads with
     ``DiffusionPipeline.from_pretrained(path)``."""
@@ -82,8 +84,22 @@ def make_tiny_pipeline(root, kind: str = "t2v"):
     root = Path(root)
     corpus = T.EXTRA_SENTENCES + ["<|start_header_id|>system<|end_header_id|> Describe the video by detailing "
                                   "the following aspects: the main content and theme of the video."]
-    tokenizer = T.build_llm_tokenizer(corpus, vocab_size=400)
-    text_encoder = T.build_llm(len(tokenizer), seed=1)
+    extra = {}
+    if kind == "i2v":
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+
+        template = DEFAULT_PROMPT_TEMPLATE["template"]
+        corpus += [template.format(sentence) for sentence in T.EXTRA_SENTENCES]
+        tokenizer = T.build_llm_tokenizer(corpus, specials=T.LLM_SPECIAL_TOKENS + ["<image>"])
+        crop = len(tokenizer(template.split("{}")[0])["input_ids"])
+        if crop != DEFAULT_PROMPT_TEMPLATE["crop_start"]:
+            raise AssertionError(f"tiny tokenizer: {crop} template tokens, the pipeline crops "
+                                 f"{DEFAULT_PROMPT_TEMPLATE['crop_start']}")
+        text_encoder = T.build_llava(tokenizer, seed=1)
+        extra["image_processor"] = T.build_image_processor()
+    else:
+        tokenizer = T.build_llm_tokenizer(corpus, vocab_size=400)
+        text_encoder = T.build_llm(len(tokenizer), seed=1)
     tokenizer_2 = T.build_clip_tokenizer(corpus, root / "_clip_tokenizer", num_merges=100)
     text_encoder_2 = T.build_clip(tokenizer_2, seed=2)
     torch.manual_seed(3)
@@ -92,9 +108,8 @@ def make_tiny_pipeline(root, kind: str = "t2v"):
         up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
         act_fn="silu", norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
         temporal_compression_ratio=4, mid_block_add_attention=True).eval()
-    dims = dict(text_embed_dim=text_encoder.config.hidden_size,
+    dims = dict(text_embed_dim=text_encoder.config.get_text_config().hidden_size,
                 pooled_projection_dim=text_encoder_2.config.hidden_size)
-    extra = {}
     if kind == "framepack":
         from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
@@ -108,6 +123,9 @@ def make_tiny_pipeline(root, kind: str = "t2v"):
         extra = dict(image_encoder=image_encoder,
                      feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
         cls = diffusers.HunyuanVideoFramepackPipeline
+    elif kind == "i2v":
+        transformer = make_i2v_transformer(condition_type, seed=4, **dims)
+        cls = diffusers.HunyuanVideoImageToVideoPipeline
     elif kind == "skyreels":
         transformer = make_transformer(seed=4, in_channels=2 * TINY_CONFIG["in_channels"], **dims)
         cls = diffusers.HunyuanSkyreelsImageToVideoPipeline
@@ -121,12 +139,12 @@ def make_tiny_pipeline(root, kind: str = "t2v"):
     return root / "pipeline"
 
 
-def make_i2v_transformer(condition_type: str, seed: int = 0) -> HunyuanVideoTransformer3DModel:
+def make_i2v_transformer(condition_type: str, seed: int = 0, **overrides) -> HunyuanVideoTransformer3DModel:
     """diffusers' image-to-video transformer: ``token_replace`` (first frame modulated apart) or ``latent_concat``
     (``[latents, image latents, mask]`` in channels, as HunyuanVideoImageToVideoPipeline feeds it)."""
     channels = TINY_CONFIG["in_channels"]
     extra = {"in_channels": 2 * channels + 1} if condition_type == "latent_concat" else {}
-    return make_transformer(seed, image_condition_type=condition_type, **extra)
+    return make_transformer(seed, image_condition_type=condition_type, **extra, **overrides)
 
 
 def i2v_caller(call, condition_type: str, image_latents: torch.Tensor):

@@ -408,7 +408,8 @@ def build_llava(tokenizer, seed: int):
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                          image_seq_length=(LLAVA_IMAGE_SIZE // LLAVA_PATCH) ** 2,
                          vision_feature_select_strategy="default", vision_feature_layer=-2,
-                         projector_hidden_act="gelu", tie_word_embeddings=False)
+                         projector_hidden_act="gelu", tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id)
     with _seeded(seed):
         model = LlavaForConditionalGeneration(config)
         torch.nn.init.normal_(model.get_input_embeddings().weight, std=1.0)
