@@ -70,6 +70,9 @@ PUBLISHED_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987
 #: computed step (least squares on how well it would have predicted the residual just computed: 0 is reuse,
 #: 1 is "extrapolate"), so that it backs off where the residual does not move in a straight line.
 RULES = ("reuse", "extrapolate", "fitted")
+#: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
+#: constant over the steps: it adds nothing to the change and dilutes it by its share of the tokens) or not.
+FIRST_FRAME = ("include", "exclude")
 
 #: The statistics (indicator, fitted gain) are summed over chunks of this many elements, so the temporaries they
 #: need stay this small (64 MiB in fp32) whatever the resolution.
@@ -86,6 +89,7 @@ class TeaCacheConfig:
     max_consecutive_skips: Optional[int] = None  # never skip more than K steps in a row
     rule: str = "reuse"  # what a skipped step adds: one of RULES
     trace: bool = False  # also record the residual change per step (calibration; one more residual held)
+    first_frame: str = "include"  # token_replace image-to-video: one of FIRST_FRAME (the residual covers all)
 
     def __post_init__(self):
         thresh = self.rel_l1_thresh
@@ -101,6 +105,8 @@ class TeaCacheConfig:
             raise ValueError(f"max_consecutive_skips must be None or an int >= 0, got {cap!r}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if self.first_frame not in FIRST_FRAME:
+            raise ValueError(f"first_frame must be one of {FIRST_FRAME}, got {self.first_frame!r}")
 
     @property
     def enabled(self) -> bool:
@@ -113,7 +119,7 @@ class TeaCacheConfig:
     def as_dict(self) -> dict:
         return {"rel_l1_thresh": self.rel_l1_thresh, "coefficients": list(self.coefficients),
                 "warmup_steps": self.warmup_steps, "max_consecutive_skips": self.max_consecutive_skips,
-                "rule": self.rule}
+                "rule": self.rule, "first_frame": self.first_frame}
 
 
 # --------------------------------------------------------------------------- #
@@ -371,6 +377,13 @@ class TeaCache:
                 torch.cuda.synchronize(out.device)
             g.finished = time.perf_counter()
 
+    def _indicator(self, block, args, kwargs) -> torch.Tensor:
+        """The first block's modulated image input (without the first frame's tokens if so configured)."""
+        modulated = self.adapter.modulated_input(block, args, kwargs)
+        if self.config.first_frame == "exclude":
+            modulated = modulated[:, self.adapter.first_frame_tokens(args, kwargs):]
+        return modulated
+
     def _decide(self, modulated: torch.Tensor) -> bool:
         """Update the indicator with this step's modulated input; True means skip the blocks."""
         g, cfg = self._gen, self.config
@@ -466,7 +479,7 @@ class TeaCache:
                 if not (self.config.enabled or self.config.trace):
                     b.computed_steps.append(g.step)
                     b.rel_l1.append(None)
-                elif self._decide(adapter.modulated_input(block, args, kwargs)):
+                elif self._decide(self._indicator(block, args, kwargs)):
                     b.skipping = True
                     return adapter.passthrough(block, args, kwargs, image_delta=self._cached_residual(b))
                 else:
@@ -507,6 +520,11 @@ class _Adapter:
         raise NotImplementedError
 
     def modulated_input(self, block, args, kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def first_frame_tokens(self, args, kwargs) -> int:
+        """Image-to-video with ``token_replace``: how many leading image tokens (of this rank's shard) are the
+        first frame's, as the first block is told."""
         raise NotImplementedError
 
     def image_in(self, args, kwargs) -> torch.Tensor:
@@ -564,6 +582,9 @@ class _HunyuanVideoAdapter(_Adapter):
             return torch.cat([_modulate(normed[:, :n], first_mod), _modulate(normed[:, n:], mod)], dim=1)
         return _modulate(normed, block.img_mod(vec))
 
+    def first_frame_tokens(self, args, kwargs):
+        return _arg(args, kwargs, 10, "frist_frame_token_num")
+
     def image_in(self, args, kwargs):
         return _arg(args, kwargs, 0, "img")
 
@@ -603,6 +624,9 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
                                _arg(args, kwargs, 6, "first_frame_num_tokens"))[0]
         return block.norm1(hidden, emb=temb)[0]
 
+    def first_frame_tokens(self, args, kwargs):
+        return _arg(args, kwargs, 6, "first_frame_num_tokens")
+
     def image_in(self, args, kwargs):
         return _arg(args, kwargs, 0, "hidden_states")
 
@@ -633,7 +657,8 @@ def _sequence_parallel_reduce_sum():
 def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *,
                     coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, warmup_steps: int = 1,
                     max_consecutive_skips: Optional[int] = None, rule: str = "reuse", trace: bool = False,
-                    num_steps: Optional[int] = None, process_group: Any = "auto") -> TeaCache:
+                    first_frame: str = "include", num_steps: Optional[int] = None,
+                    process_group: Any = "auto") -> TeaCache:
     """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` or diffusers'
     ``HunyuanVideoTransformer3DModel`` (the adapter is picked from the block layout).
 
@@ -645,7 +670,8 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
     if getattr(transformer, "_teacache", None) is not None:
         raise ValueError("TeaCache is already enabled on this transformer; call .disable() on its handle first")
     config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, coefficients=coefficients, warmup_steps=warmup_steps,
-                            max_consecutive_skips=max_consecutive_skips, rule=rule, trace=trace)
+                            max_consecutive_skips=max_consecutive_skips, rule=rule, trace=trace,
+                            first_frame=first_frame)
     adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
     if adapter_cls is None:
         raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__}")
@@ -660,6 +686,9 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
             torch.distributed.all_reduce(t, group=group)
             return t
     adapter = adapter_cls(transformer)
+    if config.first_frame == "exclude" and adapter.image_condition != "token_replace":
+        raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
+                         f"given image); {type(transformer).__name__} has image condition {adapter.image_condition}")
     if adapter.image_condition and tuple(config.coefficients) == PUBLISHED_COEFFICIENTS:
         logger.warning(f"TeaCache: no coefficients are published for image-to-video ({adapter.image_condition}); "
                        "using the text-to-video ones. Calibrate on your own images: --teacache-calibrate "
@@ -689,10 +718,12 @@ def model_identity(transformer: torch.nn.Module) -> dict:
     return identity
 
 
-def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4) -> dict:
+def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4,
+                 first_frame: str = "include") -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
     Pairs each step's indicator with the relative L1 change of the block stack's residual at that step.
+    ``first_frame``: the indicator's definition the traces were taken with (``TeaCacheConfig.first_frame``).
     """
     runs = [b for t in traces for b in t.get("branches", [t])]
     pairs = [(x, y) for r in runs for x, y in zip(r["rel_l1"], r["residual_rel_l1"]) if x is not None and y is not None]
@@ -703,13 +734,14 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
     if len(num_steps) != 1:
         raise ValueError(f"traces have different step counts {sorted(num_steps)}")
     return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps.pop(),
-            "setting": setting, "coefficients": list(coefficients), "degree": degree,
+            "setting": setting, "first_frame": first_frame, "coefficients": list(coefficients), "degree": degree,
             "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"]} for r in runs]}
 
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
-                 setting: Optional[dict] = None) -> dict:
-    """Read a profile; refuse one made for another model or step count, warn when the setting differs."""
+                 setting: Optional[dict] = None, first_frame: Optional[str] = None) -> dict:
+    """Read a profile; refuse one made for another model, step count or indicator (``first_frame``), warn when
+    the setting differs."""
     profile = json.loads(Path(path).read_text())
     if profile.get("format") != PROFILE_FORMAT:
         raise ValueError(f"{path}: not a TeaCache profile (format {profile.get('format')!r}, "
@@ -720,6 +752,10 @@ def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_ste
     if num_steps is not None and profile["num_steps"] != num_steps:
         raise ValueError(f"{path}: profile made for {profile['num_steps']} steps, this run has {num_steps}; "
                          "calibrate with the same number of steps")
+    made = profile.get("first_frame", "include")
+    if first_frame is not None and made != first_frame:
+        raise ValueError(f"{path}: profile traced with --teacache-first-frame {made}, this run uses {first_frame}; "
+                         "its coefficients and traces are of another indicator")
     for key, value in (setting or {}).items():
         made = profile["setting"].get(key)
         if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(value)):
@@ -766,6 +802,11 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                             "to the current timestep from the last two computed steps, or 'fitted': that "
                             "extrapolation scaled by a gain in [0, 1] re-fitted at each computed step (more "
                             "fidelity per computed step on long skips; see the README's curves).")
+    group.add_argument("--teacache-first-frame", choices=FIRST_FRAME, default="include",
+                       help="Image-to-video with token_replace: whether the indicator covers the first frame's "
+                            "tokens (the given image, the same at every step). 'exclude' makes it independent of "
+                            "the video's length; the residual always covers every token. A profile is tied to "
+                            "this choice. See the README's measurement.")
     group.add_argument("--teacache-profile", metavar="JSON", default=None,
                        help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
     group.add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
@@ -806,12 +847,13 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
     notes: dict = {"model": model_identity(transformer)}
     coefficients, thresh = PUBLISHED_COEFFICIENTS, args.rel_l1_thresh
     options = dict(warmup_steps=args.teacache_warmup_steps, max_consecutive_skips=args.teacache_max_skips,
-                   rule=args.teacache_rule)
+                   rule=args.teacache_rule, first_frame=args.teacache_first_frame)
     if args.teacache_calibrate:
         thresh, options["trace"] = 0.0, True
         notes["calibrating"] = args.teacache_calibrate
     if args.teacache_profile:
-        profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting)
+        profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting,
+                               first_frame=args.teacache_first_frame)
         coefficients = profile["coefficients"]
         notes["profile"] = str(args.teacache_profile)
         if args.teacache_speedup is not None:
@@ -829,7 +871,7 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
 def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, traces: List[dict],
                        setting: dict) -> None:
     """Write the profile of a --teacache-calibrate run (main rank only)."""
-    profile = make_profile(traces, transformer=transformer, setting=setting)
+    profile = make_profile(traces, transformer=transformer, setting=setting, first_frame=args.teacache_first_frame)
     if _is_main_rank():
         Path(args.teacache_calibrate).parent.mkdir(parents=True, exist_ok=True)
         Path(args.teacache_calibrate).write_text(json.dumps(profile, indent=1))
@@ -890,6 +932,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, checkout: Optional[Checkout
     parser = add_teacache_args(parser)
     args = parser.parse_args(argv)
     _check_teacache_args(parser, args)
+    if args.teacache_first_frame == "exclude" and not (
+            getattr(args, "i2v_mode", False) and getattr(args, "i2v_condition_type", None) == "token_replace"):
+        parser.error("--teacache-first-frame exclude is for image-to-video with --i2v-mode --i2v-condition-type "
+                     "token_replace (where the first frame is the given image)")
     return hy_config.sanity_check_args(args)
 
 

@@ -62,6 +62,9 @@ def test_profile_round_trip_and_refusals(tmp_path):
         tc.load_profile(path, transformer=FakeHunyuanTransformer(n_double=3), num_steps=STEPS)
     with pytest.raises(ValueError, match=f"profile made for {STEPS} steps, this run has 25"):
         tc.load_profile(path, transformer=model, num_steps=25)
+    with pytest.raises(ValueError, match="traced with --teacache-first-frame include, this run uses exclude"):
+        tc.load_profile(path, transformer=model, num_steps=STEPS, first_frame="exclude")
+    assert tc.load_profile(path, transformer=model, num_steps=STEPS, first_frame="include")["first_frame"] == "include"
     messages = []
     sink = logger.add(messages.append, level="WARNING")
     try:
@@ -274,7 +277,7 @@ def test_reports_carry_the_options():
 
 
 @pytest.mark.parametrize("kw", [dict(warmup_steps=0), dict(max_consecutive_skips=-1), dict(rule="magic"),
-                                dict(coefficients=(float("nan"),)), dict(coefficients=())])
+                                dict(coefficients=(float("nan"),)), dict(coefficients=()), dict(first_frame="drop")])
 def test_bad_options_are_refused(kw):
     with pytest.raises(ValueError):
         tc.TeaCacheConfig(**kw)

@@ -11,7 +11,7 @@ from loguru import logger
 from PIL import Image
 
 import teacache_sample_video as tc
-from reference_rule import reference_computed_steps
+from reference_rule import DIFFUSERS, diffusers_modulated, reference_computed_steps
 from tiny_diffusers import (against_the_reference, i2v_caller, make_i2v_transformer, make_inputs, make_tiny_pipeline,
                             make_transformer, sample)
 
@@ -56,6 +56,41 @@ def test_true_cfg_keeps_a_state_per_branch(condition_type):
     ours, theirs = against_the_reference(0.3, STEPS, lambda: make_i2v_transformer(condition_type),
                                          negative=make_inputs(seed=7), wrap=_first_frame_wrap(condition_type))
     assert len(ours) == 2 and ours == theirs
+
+
+def _modulated_after_the_first_frame(block, args, kwargs):
+    return diffusers_modulated(block, args, kwargs)[:, args[6]:]  # arg 6: first_frame_num_tokens
+
+
+def test_first_frame_excluded_takes_the_reference_decisions_on_the_other_frames():
+    for negative in (None, make_inputs(seed=7)):
+        ours, theirs = against_the_reference(
+            0.3, STEPS, lambda: make_i2v_transformer("token_replace"), negative=negative,
+            wrap=_first_frame_wrap("token_replace"), options=dict(first_frame="exclude"),
+            reference=dict(DIFFUSERS, modulated=_modulated_after_the_first_frame))
+        assert ours == theirs and any(len(steps) < STEPS for steps in ours)
+
+
+def test_the_first_frame_only_dilutes_the_indicator():
+    """The pipeline feeds the given image as the first latent frame at every step, modulated at timestep 0: those
+    tokens do not change, so excluding them divides the change by a smaller mass (the rest's) and the indicator
+    grows by the first frame's share, at every step; the first frame is 1 of 2 latent frames here."""
+    traces = {}
+    for first_frame in tc.FIRST_FRAME:
+        model = make_i2v_transformer("token_replace")
+        cache = tc.enable_teacache(model, 0.0, trace=True, first_frame=first_frame, num_steps=STEPS)
+        with torch.no_grad():
+            sample(_first_frame_wrap("token_replace")(model), make_inputs(), STEPS)
+        traces[first_frame] = cache.stats()["rel_l1"][1:]
+    ratios = [x / i for x, i in zip(traces["exclude"], traces["include"])]
+    assert all(1.6 < r < 2.4 for r in ratios), ratios  # 1 / (1 - share), share about a half
+
+
+@pytest.mark.parametrize("make", [lambda: make_i2v_transformer("latent_concat"), make_transformer],
+                         ids=["latent_concat", "text-to-video"])
+def test_first_frame_exclusion_is_refused_without_token_replace(make):
+    with pytest.raises(ValueError, match="token_replace"):
+        tc.enable_teacache(make(), 0.15, first_frame="exclude")
 
 
 def test_token_replace_indicator_is_what_the_block_computes():

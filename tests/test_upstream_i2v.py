@@ -52,6 +52,10 @@ def test_the_cli_recognises_the_checkout_and_takes_its_flags(result):
                                 "teacache_rule": "fitted"}
 
 
+def test_first_frame_exclusion_without_token_replace_is_refused_before_loading(result):
+    assert result["exclude_without_token_replace_exit"] == 2
+
+
 def test_indicator_is_what_the_first_double_block_computes(result):
     assert result["image_condition"] == result["condition"]
     assert result["indicator_vs_block_max_abs"] < 1e-5
@@ -71,6 +75,13 @@ def test_decisions_and_outputs_equal_the_reference_rule(result):
     assert any(len(r["computed_steps"]) < steps for r in result["runs"]), "retune: nothing skipped"
     if result["condition"] == "token_replace":  # (latent_concat's tiny trajectory changes too fast at the end)
         assert any(steps - 2 not in r["computed_steps"] for r in result["runs"]), "retune: step 18 never skipped"
+
+
+def test_first_frame_excluded_takes_the_reference_decisions_on_the_other_frames(result):
+    if result["condition"] != "token_replace":
+        pytest.skip("first_frame='exclude' is for token_replace")
+    run = result["first_frame_excluded"]
+    assert run["computed_steps"] == run["reference_computed_steps"] and len(run["computed_steps"]) < 20
 
 
 # -- the whole CLI, against sample_image2video.py -----------------------------------------------------------------

@@ -165,18 +165,19 @@ def i2v_caller(call, condition_type: str, image_latents: torch.Tensor):
     return wrapped
 
 
-def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call):
-    """Run the cache and the reference (``tests/reference_rule.py``, one instance per guidance branch) on the same
-    inputs; asserts the same outputs and returns both runs' per-branch computed steps."""
+def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call, options=None, reference=None):
+    """Run the cache (with ``enable_teacache`` ``options``) and the reference (``tests/reference_rule.py``, one
+    instance per guidance branch; ``reference`` replaces its ``DIFFUSERS`` layout) on the same inputs; asserts the
+    same outputs and returns both runs' per-branch computed steps."""
     import teacache_sample_video as tc
     from reference_rule import DIFFUSERS, ReferenceTeaCache
 
     model = make()
-    cache = tc.enable_teacache(model, thresh, num_steps=steps)
+    cache = tc.enable_teacache(model, thresh, num_steps=steps, **(options or {}))
     outs, ref_outs = [], []
     with torch.no_grad():
         final = sample(wrap(model), make_inputs(), steps, negative=negative, outputs=outs)
-    refs = [ReferenceTeaCache(make(), steps, thresh, **DIFFUSERS) for _ in range(2)]
+    refs = [ReferenceTeaCache(make(), steps, thresh, **(reference or DIFFUSERS)) for _ in range(2)]
 
     def route(**kw):  # diffusers' true CFG: the negative prompt's call is the second branch
         ref = refs[negative is not None and kw["encoder_hidden_states"] is negative["encoder_hidden_states"]]

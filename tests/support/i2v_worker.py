@@ -27,7 +27,7 @@ hc.install_cpu_standins()
 
 import teacache_sample_video as tc  # noqa: E402
 from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler  # noqa: E402
-from reference_rule import HYVIDEO_I2V, ReferenceTeaCache  # noqa: E402
+from reference_rule import HYVIDEO_I2V, ReferenceTeaCache, hyvideo_i2v_modulated  # noqa: E402
 
 STEPS = 20
 
@@ -73,6 +73,11 @@ def main(condition: str, out_path: str) -> None:
                           "--i2v-image-path", "first.png", "--i2v-condition-type", condition, "--i2v-stability",
                           "--use-lora", "--lora-path", "lora.safetensors", "--lora-scale", "0.5",
                           "--ulysses-degree", "1", "--rel-l1-thresh", "0.1", "--teacache-rule", "fitted"])
+    try:  # refused in one line before any loading where there is no given first frame
+        tc.parse_args(["--model", hc.TINY_MODEL_NAME, "--i2v-mode", "--i2v-condition-type", "latent_concat",
+                       "--teacache-first-frame", "exclude"])
+    except SystemExit as exc:
+        result["exclude_without_token_replace_exit"] = exc.code
     checkout = tc.recognise_checkout(hy_config)
     result["checkout"] = [checkout.repo, checkout.script]
     result["parsed"] = {k: getattr(args, k) for k in (*checkout.predict_args, "use_lora", "lora_path", "lora_scale",
@@ -112,6 +117,15 @@ def main(condition: str, out_path: str) -> None:
             "reference_computed_steps": [i for i, c in enumerate(ref.decisions) if c],
             "max_abs_output_diff": max(float((a - b).abs().max()) for a, b in zip(outs, ref_outs)),
         })
+    if condition == "token_replace":  # the indicator without the first frame's tokens, as an option
+        cached_model = build(condition)
+        cache = tc.enable_teacache(cached_model, 0.3, num_steps=STEPS, first_frame="exclude")
+        denoise(cached_model, inputs, image, condition)
+        ref = ReferenceTeaCache(build(condition), STEPS, 0.3, **dict(
+            HYVIDEO_I2V, modulated=lambda block, a, kw: hyvideo_i2v_modulated(block, a, kw)[:, a[10]:]))
+        denoise(ref, inputs, image, condition)
+        result["first_frame_excluded"] = {"computed_steps": cache.stats()["computed_steps"],
+                                          "reference_computed_steps": [i for i, c in enumerate(ref.decisions) if c]}
     Path(out_path).write_text(json.dumps(result, indent=1))
 
 
