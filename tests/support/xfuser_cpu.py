@@ -30,7 +30,8 @@ enough, *in memory and only in the calling process*, for that path to run under
    ``HunyuanVideoSampler.from_pretrained`` calls ``dist.init_process_group("nccl")`` and
    xfuser's group set-up without a backend (xfuser then asks for an accelerator), and it and
    the pipeline place everything on ``torch.device(f"cuda:{rank}")``. The backend becomes
-   gloo, and ``torch.device`` as those two modules see it maps ``cuda:N`` to the CPU.
+   gloo, and ``torch.device`` as those two modules see it maps ``cuda:N`` to the CPU
+   (HunyuanVideo-I2V's ``from_pretrained`` also calls ``torch.cuda.set_device``: a no-op there).
 
 Nothing here is used outside the tests.  Upstream code is never copied; it is
 imported and its module globals are patched.
