@@ -84,6 +84,13 @@ def test_first_frame_excluded_takes_the_reference_decisions_on_the_other_frames(
     assert run["computed_steps"] == run["reference_computed_steps"] and len(run["computed_steps"]) < 20
 
 
+def test_fp8_weights_compose_with_the_cache(result):
+    run = result["fp8"]
+    assert run["weight_dtype"] == "torch.float8_e4m3fn"
+    assert run["computed_steps"] == run["reference_computed_steps"] and len(run["computed_steps"]) < 20
+    assert run["max_abs_output_diff"] < 1e-4
+
+
 # -- the whole CLI, against sample_image2video.py -----------------------------------------------------------------
 
 class _Runs:

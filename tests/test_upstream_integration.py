@@ -124,31 +124,11 @@ def test_skipped_step_adds_exactly_the_cached_residual(single_blocks):
 
 
 @torch.no_grad()
-def test_fp8_weights_compose_with_the_cache(tmp_path, monkeypatch):
+def test_fp8_weights_compose_with_the_cache(tmp_path):
     """upstream's --use-fp8 path: block linears replaced by convert_fp8_linear before the cache wraps the blocks."""
-    from hyvideo.modules import fp8_optimization
-    from hyvideo.modules.fp8_optimization import convert_fp8_linear
-
-    def cpu_fp8_linear_forward(layer, original_dtype, input):
-        # CPU stand-in: upstream's version calls .sum() on the float8 weight, which CPU torch lacks;
-        # the arithmetic (dequantise weight * scale, then linear) is the same.
-        weight = layer.weight.to(original_dtype) * layer.fp8_scale.to(original_dtype)
-        return torch.nn.functional.linear(input, weight, layer.bias)
-
-    monkeypatch.setattr(fp8_optimization, "fp8_linear_forward", cpu_fp8_linear_forward)
-
     def fp8_model():
         model, inputs = model_and_inputs()
-        scales = {name: layer.weight.abs().max() / 448.0 for name, layer in model.named_modules()
-                  if isinstance(layer, torch.nn.Linear) and ("double_blocks" in name or "single_blocks" in name)}
-        weight = tmp_path / "tiny_fp8.pt"
-        torch.save(scales, tmp_path / "tiny_fp8_map.pt")
-        convert_fp8_linear(model, str(weight), original_dtype=torch.float32)
-        with torch.no_grad():
-            for name, layer in model.named_modules():
-                if name in scales:
-                    layer.weight.copy_((layer.weight.float() / scales[name]).to(torch.float8_e4m3fn))
-        return model, inputs
+        return hc.convert_to_fp8_(model, tmp_path / "tiny_fp8.pt"), inputs
 
     model, inputs = fp8_model()
     assert model.double_blocks[0].img_mod.linear.weight.dtype == torch.float8_e4m3fn

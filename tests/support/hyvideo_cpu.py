@@ -371,6 +371,32 @@ def install_llava_legacy_image_tokens() -> bool:
     return True
 
 
+def _cpu_fp8_linear_forward(layer, original_dtype, input):
+    """Upstream's ``fp8_linear_forward`` calls ``.sum()`` on the float8 weight, which CPU torch lacks; the
+    arithmetic (dequantised weight times its scale, then the linear) is the same."""
+    weight = layer.weight.to(original_dtype) * layer.fp8_scale.to(original_dtype)
+    return F.linear(input, weight, layer.bias)
+
+
+@torch.no_grad()
+def convert_to_fp8_(model: torch.nn.Module, weight_path) -> torch.nn.Module:
+    """What ``--use-fp8`` does to the DiT, on CPU: write the per-layer scale map upstream reads
+    (``<weight>_map.pt``: max |w| / 448 for every block linear), run upstream's ``convert_fp8_linear``, and store
+    the block linears' weights as float8_e4m3fn divided by their scale. Installs the CPU forward above."""
+    from hyvideo.modules import fp8_optimization
+
+    fp8_optimization.fp8_linear_forward = _cpu_fp8_linear_forward
+    scales = {name: layer.weight.abs().max() / 448.0 for name, layer in model.named_modules()
+              if isinstance(layer, torch.nn.Linear) and ("double_blocks" in name or "single_blocks" in name)}
+    weight_path = str(weight_path)
+    torch.save(scales, weight_path.replace(".pt", "_map.pt"))
+    fp8_optimization.convert_fp8_linear(model, weight_path, original_dtype=next(model.parameters()).dtype)
+    for name, layer in model.named_modules():
+        if name in scales:
+            layer.weight.copy_((layer.weight.float() / scales[name]).to(torch.float8_e4m3fn))
+    return model
+
+
 # --------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------

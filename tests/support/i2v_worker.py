@@ -13,6 +13,7 @@ pipeline (the image latent replaces the first latent frame at every step, or com
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -126,6 +127,18 @@ def main(condition: str, out_path: str) -> None:
         denoise(ref, inputs, image, condition)
         result["first_frame_excluded"] = {"computed_steps": cache.stats()["computed_steps"],
                                           "reference_computed_steps": [i for i, c in enumerate(ref.decisions) if c]}
+    with tempfile.TemporaryDirectory() as tmp:  # --use-fp8: upstream's float8 block linears under the cache
+        fp8 = lambda: hc.convert_to_fp8_(build(condition), Path(tmp) / "dit.pt")  # noqa: E731
+        cached_model = fp8()
+        cache = tc.enable_teacache(cached_model, 0.3, num_steps=STEPS)
+        outs, ref_outs = [], []
+        denoise(cached_model, inputs, image, condition, outs)
+        ref = ReferenceTeaCache(fp8(), STEPS, 0.3, **HYVIDEO_I2V)
+        denoise(ref, inputs, image, condition, ref_outs)
+        result["fp8"] = {"weight_dtype": str(cached_model.double_blocks[0].img_attn_qkv.weight.dtype),
+                         "computed_steps": cache.stats()["computed_steps"],
+                         "reference_computed_steps": [i for i, c in enumerate(ref.decisions) if c],
+                         "max_abs_output_diff": max(float((a - b).abs().max()) for a, b in zip(outs, ref_outs))}
     Path(out_path).write_text(json.dumps(result, indent=1))
 
 
