@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ class TeaCacheConfig:
     rule: str = "reuse"  # what a skipped step adds: one of RULES
     trace: bool = False  # also record the residual change per step (calibration; one more residual held)
     first_frame: str = "include"  # token_replace image-to-video: one of FIRST_FRAME (the residual covers all)
+    schedule: Optional[Tuple[int, int, int]] = None  # (start, end, interval): a fixed schedule, see fixed_schedule
 
     def __post_init__(self):
         thresh = self.rel_l1_thresh
@@ -107,11 +108,17 @@ class TeaCacheConfig:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.first_frame not in FIRST_FRAME:
             raise ValueError(f"first_frame must be one of {FIRST_FRAME}, got {self.first_frame!r}")
+        if self.schedule is not None:
+            object.__setattr__(self, "schedule", tuple(self.schedule))
+            if len(self.schedule) != 3 or not all(isinstance(v, int) and v >= 0 for v in self.schedule) \
+                    or self.schedule[2] < 1:
+                raise ValueError(f"schedule must be (start, end, interval) ints >= 0, interval >= 1, "
+                                 f"got {self.schedule!r}")
 
     @property
     def enabled(self) -> bool:
-        """Threshold 0 turns caching off: every block runs, outputs are untouched."""
-        return self.rel_l1_thresh > 0
+        """Threshold 0 turns caching off (every block runs, outputs are untouched), unless a schedule is fixed."""
+        return self.rel_l1_thresh > 0 or self.schedule is not None
 
     def rescale(self, rel_l1: float) -> float:
         return float(np.polyval(self.coefficients, rel_l1))
@@ -119,7 +126,8 @@ class TeaCacheConfig:
     def as_dict(self) -> dict:
         return {"rel_l1_thresh": self.rel_l1_thresh, "coefficients": list(self.coefficients),
                 "warmup_steps": self.warmup_steps, "max_consecutive_skips": self.max_consecutive_skips,
-                "rule": self.rule, "first_frame": self.first_frame}
+                "rule": self.rule, "first_frame": self.first_frame,
+                "schedule": None if self.schedule is None else list(self.schedule)}
 
 
 # --------------------------------------------------------------------------- #
@@ -199,6 +207,14 @@ def teacache_decision(step: int, num_steps: int, accumulated: float, rescaled: f
     if accumulated < rel_l1_thresh and (max_consecutive_skips is None or skipped_in_a_row < max_consecutive_skips):
         return False, accumulated
     return True, 0.0
+
+
+def fixed_schedule(num_steps: int, start: int, end: int, interval: int) -> List[int]:
+    """The steps HunyuanVideo-1.5's built-in cache computes (``generate.py --enable_cache --cache_start_step START
+    --cache_end_step END --cache_step_interval INTERVAL``): ``[0, start)``, every ``interval``-th step of
+    ``[start, end)`` and ``[end, num_steps)``, whatever the video (its defaults 11/45/4 compute 25 of 50)."""
+    steps = set(range(min(start, num_steps))) | set(range(start, min(end, num_steps), interval))
+    return sorted(steps | set(range(end, num_steps)))
 
 
 def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig) -> List[int]:
@@ -336,7 +352,9 @@ class TeaCache:
         t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
         calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
             if s["num_branches"] > 1 else ""
-        head = f"TeaCache(rel_l1_thresh={self.config.rel_l1_thresh:g}, rule={self.config.rule}): "
+        decided = f"rel_l1_thresh={self.config.rel_l1_thresh:g}" if self.config.schedule is None \
+            else f"fixed schedule {'/'.join(map(str, self.config.schedule))}"
+        head = f"TeaCache({decided}, rule={self.config.rule}): "
         sections = self._all_sections()
         if sections is not None:
             computed, calls = sum(x["computed_calls"] for x in sections), sum(x["transformer_calls"] for x in sections)
@@ -391,9 +409,12 @@ class TeaCache:
         rel_l1 = None if b.previous_modulated is None else self._relative_l1(modulated, b.previous_modulated)
         b.rel_l1.append(rel_l1)
         rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
-        compute, b.accumulated = teacache_decision(
-            g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
-            skipped_in_a_row=b.skipped_in_a_row, max_consecutive_skips=cfg.max_consecutive_skips)
+        if cfg.schedule is not None:  # fixed: the indicator is only recorded
+            compute = g.step in fixed_schedule(g.num_steps, *cfg.schedule)
+        else:
+            compute, b.accumulated = teacache_decision(
+                g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
+                skipped_in_a_row=b.skipped_in_a_row, max_consecutive_skips=cfg.max_consecutive_skips)
         compute = compute or b.residual is None or not cfg.enabled
         b.previous_modulated = modulated
         g.activation_bytes = modulated.numel() * modulated.element_size()
@@ -514,6 +535,7 @@ class _Adapter:
 
     blocks: List[torch.nn.Module]
     image_condition: Optional[str] = None  # image-to-video: how the image comes in ("token_replace", ...)
+    version: str = "1.0"  # HunyuanVideo 1.0 (the published coefficients' model) or "1.5"
 
     def timestep(self, args, kwargs) -> Optional[float]:
         """The transformer call's timestep (a repeat within a step marks another guidance branch)."""
@@ -541,10 +563,16 @@ class _Adapter:
 _REQUIRED = object()
 
 
-def _arg(args, kwargs, index: int, name: str, default=_REQUIRED):
+def _arg(args, kwargs, index: int, name, default=_REQUIRED):
+    """Argument ``index`` of a call, or the keyword ``name`` (a tuple: the first of these names given)."""
     if len(args) > index:
         return args[index]
-    return kwargs[name] if default is _REQUIRED else kwargs.get(name, default)
+    for key in (name,) if isinstance(name, str) else name:
+        if key in kwargs:
+            return kwargs[key]
+    if default is _REQUIRED:
+        raise KeyError(name)
+    return default
 
 
 def _modulate(normed: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
@@ -558,19 +586,22 @@ class _HunyuanVideoAdapter(_Adapter):
     ``(img, txt, vec, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv, freqs_cis)`` and return
     ``(img, txt)``; ``single_blocks`` take ``(x, vec, txt_len, ...)`` with image tokens first. I2V appends
     ``(condition_type, token_replace_vec, frist_frame_token_num)`` to both; with ``token_replace`` the first
-    frame's tokens are modulated by ``img_mod(token_replace_vec)`` and the rest by ``img_mod(vec)``."""
+    frame's tokens are modulated by ``img_mod(token_replace_vec)`` and the rest by ``img_mod(vec)``.
+    HunyuanVideo-1.5's ``HunyuanVideo_1_5_DiffusionTransformer`` calls the same blocks with keywords
+    (``img=, txt=, vec=, ...``), and its ``single_blocks`` may be empty."""
 
     def __init__(self, transformer):
         self.single = set(map(id, transformer.single_blocks))
         self.blocks = list(transformer.double_blocks) + list(transformer.single_blocks)
         self.image_condition = getattr(transformer, "i2v_condition_type", None)  # I2V's transformer only
+        self.version = "1.5" if "1_5" in type(transformer).__name__ else "1.0"
 
     @staticmethod
     def matches(transformer) -> bool:
         return hasattr(transformer, "double_blocks") and hasattr(transformer, "single_blocks")
 
     def timestep(self, args, kwargs):
-        return float(_arg(args, kwargs, 1, "t").flatten()[0])
+        return float(_arg(args, kwargs, 1, ("t", "timestep")).flatten()[0])
 
     def modulated_input(self, block, args, kwargs):
         img, vec = _arg(args, kwargs, 0, "img"), _arg(args, kwargs, 2, "vec")
@@ -601,18 +632,21 @@ class _HunyuanVideoAdapter(_Adapter):
 
 
 class _DiffusersHunyuanVideoAdapter(_Adapter):
-    """diffusers' ``HunyuanVideoTransformer3DModel``: ``transformer_blocks`` and ``single_transformer_blocks``
-    take ``(hidden_states, encoder_hidden_states, temb, attention_mask, rotary, token_replace_emb,
-    first_frame_num_tokens)`` and return both streams, image first."""
+    """diffusers' HunyuanVideo transformers (``HunyuanVideoTransformer3DModel``, FramePack's, and 1.5's
+    ``HunyuanVideo15Transformer3DModel``): ``transformer_blocks`` and (not in 1.5) ``single_transformer_blocks``
+    take ``(hidden_states, encoder_hidden_states, temb, attention_mask, rotary[, token_replace_emb,
+    first_frame_num_tokens])`` and return both streams, image first; ``norm1(hidden_states, temb)`` gives the
+    modulated input first."""
 
     def __init__(self, transformer):
-        self.blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+        self.blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
         self.image_condition = getattr(transformer.config, "image_condition_type", None)
+        self.version = "1.5" if "HunyuanVideo15" in type(transformer).__name__ else "1.0"
 
     @staticmethod
     def matches(transformer) -> bool:
         blocks = getattr(transformer, "transformer_blocks", None)
-        return bool(blocks) and hasattr(transformer, "single_transformer_blocks") and hasattr(blocks[0], "norm1")
+        return "HunyuanVideo" in type(transformer).__name__ and bool(blocks) and hasattr(blocks[0], "norm1")
 
     def timestep(self, args, kwargs):
         return float(_arg(args, kwargs, 1, "timestep").flatten()[0])
@@ -641,8 +675,20 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
 _ADAPTERS = [_HunyuanVideoAdapter, _DiffusersHunyuanVideoAdapter]
 
 
+def _all_reduce_sum(group) -> Callable[[torch.Tensor], torch.Tensor]:
+    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(t, group=group)
+        return t
+    return reduce_sum
+
+
 def _sequence_parallel_reduce_sum():
-    """xfuser's sequence-parallel all-reduce, if xfuser's model parallelism is up with more than one rank."""
+    """The all-reduce over the sequence-parallel group in use, if any with more than one rank: HunyuanVideo-1.5's
+    own (``hyvideo.commons.parallel_states``, set up by its ``generate.py``), or xfuser's."""
+    states = sys.modules.get("hyvideo.commons.parallel_states")
+    dims = getattr(states, "__parallel_dims", None)  # that module's global, once initialize_parallel_state() ran
+    if dims is not None and dims.sp_enabled:
+        return _all_reduce_sum(dims.sp_group)
     xdist = sys.modules.get("xfuser.core.distributed")
     if xdist is None:
         return None
@@ -657,13 +703,14 @@ def _sequence_parallel_reduce_sum():
 def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *,
                     coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, warmup_steps: int = 1,
                     max_consecutive_skips: Optional[int] = None, rule: str = "reuse", trace: bool = False,
-                    first_frame: str = "include", num_steps: Optional[int] = None,
-                    process_group: Any = "auto") -> TeaCache:
-    """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` or diffusers'
-    ``HunyuanVideoTransformer3DModel`` (the adapter is picked from the block layout).
+                    first_frame: str = "include", schedule: Optional[Tuple[int, int, int]] = None,
+                    num_steps: Optional[int] = None, process_group: Any = "auto") -> TeaCache:
+    """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` (HunyuanVideo, -I2V) or
+    ``HunyuanVideo_1_5_DiffusionTransformer``, or diffusers' HunyuanVideo transformers (1.0, I2V, FramePack, 1.5);
+    the adapter is picked from the block layout.
 
     The defaults are the published rule; see ``TeaCacheConfig`` for the options. ``process_group``:
-    ``"auto"`` (xfuser's sequence-parallel group when one is active), ``None`` (no reduction), a
+    ``"auto"`` (HunyuanVideo-1.5's or xfuser's sequence-parallel group when one is active), ``None`` (no reduction), a
     ``torch.distributed`` process group, or any object with an ``all_reduce(tensor) -> tensor`` method.
     Call ``reset(num_steps)`` before each generation (or pass ``num_steps`` here for the first one).
     """
@@ -671,7 +718,7 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
         raise ValueError("TeaCache is already enabled on this transformer; call .disable() on its handle first")
     config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, coefficients=coefficients, warmup_steps=warmup_steps,
                             max_consecutive_skips=max_consecutive_skips, rule=rule, trace=trace,
-                            first_frame=first_frame)
+                            first_frame=first_frame, schedule=schedule)
     adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
     if adapter_cls is None:
         raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__}")
@@ -682,17 +729,20 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
     elif hasattr(process_group, "all_reduce"):
         reduce_sum = process_group.all_reduce
     else:
-        def reduce_sum(t, group=process_group):
-            torch.distributed.all_reduce(t, group=group)
-            return t
+        reduce_sum = _all_reduce_sum(process_group)
     adapter = adapter_cls(transformer)
     if config.first_frame == "exclude" and adapter.image_condition != "token_replace":
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
                          f"given image); {type(transformer).__name__} has image condition {adapter.image_condition}")
-    if adapter.image_condition and tuple(config.coefficients) == PUBLISHED_COEFFICIENTS:
-        logger.warning(f"TeaCache: no coefficients are published for image-to-video ({adapter.image_condition}); "
-                       "using the text-to-video ones. Calibrate on your own images: --teacache-calibrate "
-                       "profile.json, then --teacache-profile profile.json")
+    if tuple(config.coefficients) == PUBLISHED_COEFFICIENTS and config.schedule is None:
+        if adapter.version != "1.0":
+            logger.warning(f"TeaCache: no coefficients are published for HunyuanVideo {adapter.version}; using "
+                           "HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
+                           "then --teacache-profile profile.json")
+        elif adapter.image_condition:
+            logger.warning(f"TeaCache: no coefficients are published for image-to-video ({adapter.image_condition}); "
+                           "using the text-to-video ones. Calibrate on your own images: --teacache-calibrate "
+                           "profile.json, then --teacache-profile profile.json")
     cache = TeaCache(transformer, adapter, config, reduce_sum)
     transformer._teacache = cache
     if num_steps is not None:
@@ -807,6 +857,12 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                             "tokens (the given image, the same at every step). 'exclude' makes it independent of "
                             "the video's length; the residual always covers every token. A profile is tied to "
                             "this choice. See the README's measurement.")
+    group.add_argument("--teacache-schedule", type=_number(int, 0, "an integer >= 0"), nargs=3, default=None,
+                       metavar=("START", "END", "INTERVAL"),
+                       help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in "
+                            "cache computes ([0, START), every INTERVAL-th step of [START, END), [END, steps); its "
+                            "defaults are 11 45 4). The threshold is not used; the rule still says what a skipped "
+                            "step adds. For comparison with TeaCache's adaptive placement.")
     group.add_argument("--teacache-profile", metavar="JSON", default=None,
                        help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
     group.add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
@@ -823,8 +879,13 @@ def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.teacache_speedup is not None and not args.teacache_profile:
         parser.error("--teacache-speedup needs --teacache-profile (a calibration trace to replay)")
-    if args.teacache_calibrate and (args.teacache_profile or args.teacache_speedup):
-        parser.error("--teacache-calibrate runs uncached; it cannot be combined with --teacache-profile/-speedup")
+    if args.teacache_calibrate and (args.teacache_profile or args.teacache_speedup or args.teacache_schedule):
+        parser.error("--teacache-calibrate runs uncached; it cannot be combined with --teacache-profile/-speedup/"
+                     "-schedule")
+    if args.teacache_schedule and args.teacache_speedup is not None:
+        parser.error("--teacache-schedule fixes the computed steps; it cannot be combined with --teacache-speedup")
+    if args.teacache_schedule and args.teacache_schedule[2] < 1:
+        parser.error("--teacache-schedule: INTERVAL must be >= 1")
     for path in filter(None, (args.teacache_profile, args.teacache_prompts)):
         if not Path(path).is_file():
             parser.error(f"no such file: {path}")
@@ -847,7 +908,7 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
     notes: dict = {"model": model_identity(transformer)}
     coefficients, thresh = PUBLISHED_COEFFICIENTS, args.rel_l1_thresh
     options = dict(warmup_steps=args.teacache_warmup_steps, max_consecutive_skips=args.teacache_max_skips,
-                   rule=args.teacache_rule, first_frame=args.teacache_first_frame)
+                   rule=args.teacache_rule, first_frame=args.teacache_first_frame, schedule=args.teacache_schedule)
     if args.teacache_calibrate:
         thresh, options["trace"] = 0.0, True
         notes["calibrating"] = args.teacache_calibrate

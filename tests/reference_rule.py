@@ -99,7 +99,7 @@ class ReferenceTeaCache:
         self.prev_mod = mod
         self.decisions.append(calc)
         final = getattr(self.model, self.final)
-        image_in = a[self.image_arg]
+        image_in = a[self.image_arg] if isinstance(self.image_arg, int) else kw[self.image_arg]
         if calc:
             seen = {}
             handle = final.register_forward_pre_hook(lambda m, fa: seen.update(x=fa[0]))
@@ -142,8 +142,15 @@ def hyvideo_i2v_modulated(block, args, kwargs):
                       normed[:, n:] * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)], dim=1)
 
 
+def hyvideo15_modulated(block, args, kwargs):
+    """HunyuanVideo-1.5's first double block, called with keywords: ``modulate(img_norm1(img), shift, scale)`` from
+    ``img_mod(vec)``."""
+    return hyvideo_modulated(block, (kwargs["img"], None, kwargs["vec"]), {})
+
+
 HYVIDEO = dict(block_lists=("double_blocks", "single_blocks"), final="final_layer", modulated=hyvideo_modulated)
 HYVIDEO_I2V = dict(HYVIDEO, modulated=hyvideo_i2v_modulated)
+HYVIDEO15 = dict(HYVIDEO, modulated=hyvideo15_modulated, image_arg="img")
 def diffusers_modulated(block, args, kwargs):
     """diffusers' first dual-stream block, written out: ``norm(x) * (1 + scale) + shift`` from
     ``norm1.linear(silu(temb))``; in image-to-video with ``token_replace`` the first frame's tokens take the

@@ -281,3 +281,24 @@ def test_reports_carry_the_options():
 def test_bad_options_are_refused(kw):
     with pytest.raises(ValueError):
         tc.TeaCacheConfig(**kw)
+
+
+def test_fixed_schedule_is_hunyuanvideo_15s_formula():
+    """generate.py's built-in cache: [0, start) + range(start, end, interval) + [end, total)."""
+    assert tc.fixed_schedule(50, 11, 45, 4) == list(range(11)) + list(range(11, 45, 4)) + list(range(45, 50))
+    assert len(tc.fixed_schedule(50, 11, 45, 4)) == 25  # 25 of 50, as its README says of the defaults
+    assert tc.fixed_schedule(8, 11, 45, 4) == list(range(8))  # fewer steps than its start: nothing skipped
+    assert tc.fixed_schedule(12, 2, 10, 3) == [0, 1, 2, 5, 8, 10, 11]
+
+
+def test_a_fixed_schedule_computes_exactly_its_steps_and_reuses_the_residual_otherwise():
+    model = FakeHunyuanTransformer()
+    cache = tc.enable_teacache(model, 0.0, schedule=(2, 10, 3), num_steps=12)
+    x, txt = make_inputs()
+    out = sample(model, x, txt, 12)
+    assert cache.stats()["computed_steps"] == tc.fixed_schedule(12, 2, 10, 3)
+    assert cache.report()["schedule"] == [2, 10, 3] and "fixed schedule 2/10/3" in cache.summary()
+    plain = FakeHunyuanTransformer()
+    assert not torch.equal(out, sample(plain, x, txt, 12))  # the skipped steps reused a residual
+    with pytest.raises(ValueError, match="schedule"):
+        tc.TeaCacheConfig(schedule=(2, 10, 0))

@@ -165,10 +165,12 @@ def i2v_caller(call, condition_type: str, image_latents: torch.Tensor):
     return wrapped
 
 
-def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call, options=None, reference=None):
+def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: call, options=None, reference=None,
+                          inputs=None):
     """Run the cache (with ``enable_teacache`` ``options``) and the reference (``tests/reference_rule.py``, one
-    instance per guidance branch; ``reference`` replaces its ``DIFFUSERS`` layout) on the same inputs; asserts the
-    same outputs and returns both runs' per-branch computed steps."""
+    instance per guidance branch; ``reference`` replaces its ``DIFFUSERS`` layout) on the same ``inputs`` (default
+    ``make_inputs()``); asserts the same outputs and returns both runs' per-branch computed steps."""
+    inputs = inputs or make_inputs()
     import teacache_sample_video as tc
     from reference_rule import DIFFUSERS, ReferenceTeaCache
 
@@ -176,7 +178,7 @@ def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: 
     cache = tc.enable_teacache(model, thresh, num_steps=steps, **(options or {}))
     outs, ref_outs = [], []
     with torch.no_grad():
-        final = sample(wrap(model), make_inputs(), steps, negative=negative, outputs=outs)
+        final = sample(wrap(model), inputs, steps, negative=negative, outputs=outs)
     refs = [ReferenceTeaCache(make(), steps, thresh, **(reference or DIFFUSERS)) for _ in range(2)]
 
     def route(**kw):  # diffusers' true CFG: the negative prompt's call is the second branch
@@ -184,7 +186,7 @@ def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: 
         return ref(**kw)
 
     with torch.no_grad():
-        ref_final = sample(wrap(route), make_inputs(), steps, negative=negative, outputs=ref_outs)
+        ref_final = sample(wrap(route), inputs, steps, negative=negative, outputs=ref_outs)
     for a, b in zip(outs, ref_outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(final, ref_final, rtol=1e-5, atol=1e-5)
@@ -192,3 +194,55 @@ def against_the_reference(thresh, steps, make, negative=None, wrap=lambda call: 
     ours = [b["computed_steps"] for b in s.get("branches", [s])]
     theirs = [[i for i, c in enumerate(r.decisions) if c] for r in refs[:len(ours)]]
     return ours, theirs
+
+
+# -- HunyuanVideo 1.5 (diffusers' HunyuanVideo15Transformer3DModel) --------------------------------------------------
+
+TINY_15_CONFIG = dict(in_channels=2 * 4 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=3,
+                      num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
+                      text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(2, 2, 4), target_size=64)
+
+
+def make_transformer_15(seed: int = 0, **overrides):
+    """Tiny ``HunyuanVideo15Transformer3DModel`` (input channels: latents, condition latents, mask)."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    torch.manual_seed(seed)
+    return randomize_(HunyuanVideo15Transformer3DModel(**{**TINY_15_CONFIG, **overrides}), seed).eval()
+
+
+def make_inputs_15(batch=1, frames=2, height=8, width=8, text_len=6, seed=0, pad=2, image=False):
+    """The transformer's inputs as HunyuanVideo15Pipeline builds them (``image``: the I2V pipeline's, with image
+    embeddings; zeros mean text-to-video). ``hidden_states`` holds the latents only; ``v15_caller`` adds the
+    condition channels."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    mask[:, text_len - pad:] = False
+    mask_2 = torch.ones(batch, 3, dtype=torch.bool)
+    mask_2[:, 2:] = False
+    return dict(
+        hidden_states=torch.randn(batch, 4, frames, height, width, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, 16, generator=g),
+        encoder_attention_mask=mask,
+        encoder_hidden_states_2=torch.randn(batch, 3, 8, generator=g),
+        encoder_attention_mask_2=mask_2,
+        image_embeds=torch.randn(batch, 4, 8, generator=g) if image else torch.zeros(batch, 4, 8),
+    )
+
+
+def v15_caller(call, image_latents: torch.Tensor | None = None, meanflow_steps: int | None = None):
+    """Wrap ``call`` as HunyuanVideo 1.5's pipelines feed the transformer: ``[latents, condition latents, mask]`` in
+    channels (the first frame's latent and a mask of 1 there for image-to-video, zeros for text-to-video). With
+    ``meanflow_steps`` it also passes ``timestep_r``, the next step's timestep (0 after the last), as its step
+    distilled (meanflow) models take."""
+    sig = sigmas(meanflow_steps) * 1000 if meanflow_steps else None
+
+    def wrapped(hidden_states, timestep, **kw):
+        cond, mask = torch.zeros_like(hidden_states), torch.zeros_like(hidden_states[:, :1])
+        if image_latents is not None:
+            cond[:, :, :1], mask[:, :, :1] = image_latents, 1
+        if sig is not None:
+            i = int((sig[:-1] - timestep[0]).abs().argmin())
+            kw["timestep_r"] = sig[i + 1].expand(hidden_states.shape[0])
+        return call(hidden_states=torch.cat([hidden_states, cond, mask], dim=1), timestep=timestep, **kw)
+    return wrapped
