@@ -2,7 +2,9 @@
 """Speed and memory of TeaCache on Tencent's own HunyuanVideo transformer (random weights).
 
 Runs upstream's ``HYVideoDiffusionTransformer`` (``--size mid``: a mid-size config, 4096 image tokens by default;
-``--size full``: HunyuanVideo's 13B config) through a flow-matching schedule with upstream's scheduler, once
+``--size full``: HunyuanVideo's 13B config), or with a HunyuanVideo-I2V checkout and ``--i2v-condition-type``
+I2V's, or with a HunyuanVideo-1.5 checkout its ``HunyuanVideo_1_5_DiffusionTransformer`` (mid, or its 8.3B config;
+CFG batched as its pipeline does), through a flow-matching schedule with upstream's scheduler, once
 per setting, each in a fresh process so that peak memory is per setting: cache off (upstream unchanged),
 TeaCache 0.1, TeaCache 0.15. Prints computed steps, wall time, measured speedup, ideal speedup (steps /
 computed steps), their ratio, the mean time of a computed and of a skipped step, and memory: peak RSS (CPU)
@@ -44,6 +46,79 @@ SIZES = {
     "full": dict(hidden_size=3072, heads_num=24, rope_dim_list=[16, 56, 56], mm_double_blocks_depth=20,
                  mm_single_blocks_depth=40, mlp_width_ratio=4),
 }
+#: with a HunyuanVideo-1.5 checkout: its transformer has double blocks only
+SIZES_V15 = {
+    # hidden 192 = 3 heads x 64 (rope 16+24+24), 6 double blocks
+    "mid": dict(hidden_size=192, heads_num=3, rope_dim_list=[16, 24, 24], mm_double_blocks_depth=6),
+    # HunyuanVideo 1.5 (8.3B): hidden 2048 = 16 heads x 128 (rope 16+56+56), 54 double blocks
+    "full": dict(hidden_size=2048, heads_num=16, rope_dim_list=[16, 56, 56], mm_double_blocks_depth=54),
+}
+
+
+def _is_v15(root: Path) -> bool:
+    return (root / "hyvideo" / "models" / "transformers" / "hunyuanvideo_1_5_transformer.py").is_file()
+
+
+def run_one_v15(setting: str, opts, device, dtype) -> dict:
+    """HunyuanVideo-1.5's transformer, fed as its pipeline feeds it (CFG batched: two samples per call)."""
+    import torch
+    from support import hyvideo15_cpu as h15
+
+    import teacache_sample_video as tc
+
+    if device.type == "cpu":
+        h15.install_cpu_parallel_state()
+    model = h15.build("t2v", dtype=dtype, device=device, **SIZES_V15[opts.size])
+    lt, lh, lw = opts.latent
+    inp = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) if torch.is_tensor(v) else v
+           for k, v in h15.inputs("t2v", frames=lt, size=lh, width=lw, text_len=opts.text_len).items()}
+    h15.denoise(model, inp, 1, False)  # warm-up, not timed
+    cache = None if setting == "off" else tc.enable_teacache(model, float(setting))
+    if cache:
+        cache.reset(opts.steps)
+    ticks = _start_ticks(device)
+    h15.denoise(model, inp, opts.steps, False, after_step=lambda i: _tick(ticks, device))
+    return _row(setting, opts, cache, ticks, device, image_tokens=lt * (lh // 2) * (lw // 2), condition=None)
+
+
+def _start_ticks(device) -> list:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    return [time.perf_counter()]
+
+
+def _tick(ticks: list, device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ticks.append(time.perf_counter())
+
+
+def _row(setting, opts, cache, ticks, device, image_tokens, condition) -> dict:
+    import torch
+
+    wall = ticks[-1] - ticks[0]
+    step_s = [b - a for a, b in zip(ticks, ticks[1:])]
+    report = cache.report() if cache else {}
+    computed = set(report.get("computed_steps", range(opts.steps)))
+    return {
+        "setting": setting,
+        "image_tokens": image_tokens,
+        "i2v_condition_type": condition,
+        "computed": len(computed),
+        "wall_s": wall,
+        "computed_step_s": _mean([s for i, s in enumerate(step_s) if i in computed]),
+        "skipped_step_s": _mean([s for i, s in enumerate(step_s) if i not in computed]),
+        "peak_mib": (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
+        "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
+        "cache_held_mib": report.get("peak_cache_bytes", 0) / 2**20,
+        "activation_mib": report.get("image_activation_bytes", 0) / 2**20,
+    }
 
 
 def run_one(setting: str, opts) -> dict:
@@ -51,11 +126,13 @@ def run_one(setting: str, opts) -> dict:
     from support import hyvideo_cpu as hc
 
     torch.set_grad_enabled(False)
-    hc.add_hunyuanvideo_to_path()
+    root = hc.add_hunyuanvideo_to_path()
     device = torch.device(opts.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[opts.dtype]
+    if _is_v15(root):
+        return run_one_v15(setting, opts, device, dtype)
     if device.type == "cpu":
         hc.install_cpu_standins()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[opts.dtype]
     from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler
 
     import teacache_sample_video as tc
@@ -77,34 +154,12 @@ def run_one(setting: str, opts) -> dict:
     model(hc.i2v_model_input(x, image, condition), first, **inputs)  # warm-up, not timed
     if cache:
         cache.reset(opts.steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    ticks = [time.perf_counter()]
+    ticks = _start_ticks(device)
     for t in scheduler.timesteps:
         out = model(hc.i2v_model_input(x, image, condition), t.expand(x.shape[0]).to(dtype), **inputs)["x"]
         x = scheduler.step(out, t, x, return_dict=False)[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ticks.append(time.perf_counter())
-    wall = ticks[-1] - ticks[0]
-    step_s = [b - a for a, b in zip(ticks, ticks[1:])]
-    report = cache.report() if cache else {}
-    computed = set(report.get("computed_steps", range(opts.steps)))
-    return {
-        "setting": setting,
-        "image_tokens": image_tokens,
-        "i2v_condition_type": condition,
-        "computed": len(computed),
-        "wall_s": wall,
-        "computed_step_s": _mean([s for i, s in enumerate(step_s) if i in computed]),
-        "skipped_step_s": _mean([s for i, s in enumerate(step_s) if i not in computed]),
-        "peak_mib": (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
-        "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
-        "cache_held_mib": report.get("peak_cache_bytes", 0) / 2**20,
-        "activation_mib": report.get("image_activation_bytes", 0) / 2**20,
-    }
+        _tick(ticks, device)
+    return _row(setting, opts, cache, ticks, device, image_tokens=image_tokens, condition=condition)
 
 
 def _hunyuanvideo_root_error() -> str | None:
@@ -192,8 +247,13 @@ def main() -> int:
     rows = [fastest[setting] for setting in opts.settings]
 
     base = next((r for r in rows if r["setting"] == "off"), rows[0])
-    kind = f" (HunyuanVideo-I2V, {base['i2v_condition_type']})" if base.get("i2v_condition_type") else ""
-    print(f"upstream HYVideoDiffusionTransformer{kind}, {opts.size} {SIZES[opts.size]}, {base['image_tokens']} image "
+    if _is_v15(Path(os.environ["HUNYUANVIDEO_ROOT"]).expanduser()):
+        kind, size = "HunyuanVideo_1_5_DiffusionTransformer (CFG batched: 2 samples a call)", SIZES_V15[opts.size]
+    else:
+        kind = "HYVideoDiffusionTransformer" + (
+            f" (HunyuanVideo-I2V, {base['i2v_condition_type']})" if base.get("i2v_condition_type") else "")
+        size = SIZES[opts.size]
+    print(f"upstream {kind}, {opts.size} {size}, {base['image_tokens']} image "
           f"tokens, {opts.steps} steps, {opts.device} {opts.dtype}, fastest of {opts.repeats}")
     print(f"{'setting':>8} {'computed':>8} {'wall s':>8} {'speedup':>8} {'ideal':>6} {'ratio':>6} "
           f"{'computed s':>10} {'skipped s':>9} {'peak MiB':>9} {'extra':>7} {'cache MiB':>9} {'act MiB':>8}")
