@@ -5,9 +5,10 @@ Every method runs the same prompts and seeds; each output is compared with the u
 same prompt and seed. Methods: TeaCache (published coefficients, and coefficients fitted on separate
 calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted) and diffusers' own
 FirstBlockCache, MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its
-setting. Two studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
-(``interval-*``: the skip cap alone, threshold never reached), and the baseline of every cache, the plain
-sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
+setting. Three studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
+(``interval-*``: the skip cap alone, threshold never reached), HunyuanVideo-1.5's built-in fixed schedule
+(``schedule-*``: ``generate.py --enable_cache``'s formula, at several intervals), and the baseline of every cache,
+the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
 reference itself is from the converged sampler).
 
     python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
@@ -53,9 +54,12 @@ TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
 SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
 INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last computed)
 SAMPLER_STEPS = [6, 8, 10, 14, 19, 25, 100, 400]  # the plain sampler, no cache
+#: HunyuanVideo-1.5's built-in fixed schedule (generate.py --enable_cache): its start and end steps (for 50
+#: steps), at several intervals (its default is 4: 25 of 50 computed)
+SCHEDULE_START_END, SCHEDULE_INTERVALS = (11, 45), [2, 3, 4, 6, 10]
 
 
-STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES)}  # run only when named in --methods
+STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES)}
 
 
 class Steps(int):
@@ -175,6 +179,10 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # the skip cap alone (a threshold never reached): TeaCache's rules on fixed intervals
         for cap in pick(INTERVAL_CAPS):
             yield f"interval-{rule}", cap, dict(rel_l1_thresh=1e9, max_consecutive_skips=cap, rule=rule)
+    start, end = (round(x * steps / 50) for x in SCHEDULE_START_END)
+    for rule in tc.RULES:  # HunyuanVideo-1.5's fixed schedule, with each rule
+        for interval in SCHEDULE_INTERVALS:
+            yield f"schedule-{rule}", f"{start}/{end}/{interval}", dict(schedule=(start, end, interval), rule=rule)
     for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
         yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
     for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.5]):
