@@ -178,6 +178,7 @@ class _Generation:
     finished: Optional[float] = None
     peak_cache_bytes: int = 0  # most memory the cache itself held at once
     activation_bytes: int = 0  # one image activation (the modulated input), for scale
+    own_time_s: float = 0.0  # host time spent in the cache's own work (on a GPU: launching it, not running it)
 
     @property
     def current(self) -> _Branch:
@@ -330,6 +331,7 @@ class TeaCache:
             "denoise_time_s": None if g.started is None or g.finished is None else g.finished - g.started,
             "peak_cache_bytes": g.peak_cache_bytes,
             "image_activation_bytes": g.activation_bytes,
+            "cache_own_time_s": g.own_time_s,
             **({} if self._sections is None else {"section": len(self._sections)}),
         }
 
@@ -500,18 +502,24 @@ class TeaCache:
                 if not (self.config.enabled or self.config.trace):
                     b.computed_steps.append(g.step)
                     b.rel_l1.append(None)
-                elif self._decide(self._indicator(block, args, kwargs)):
-                    b.skipping = True
-                    return adapter.passthrough(block, args, kwargs, image_delta=self._cached_residual(b))
                 else:
+                    start = time.perf_counter()
+                    if self._decide(self._indicator(block, args, kwargs)):
+                        b.skipping = True
+                        out = adapter.passthrough(block, args, kwargs, image_delta=self._cached_residual(b))
+                        g.own_time_s += time.perf_counter() - start
+                        return out
                     b.block_input = adapter.image_in(args, kwargs)
+                    g.own_time_s += time.perf_counter() - start
             elif b.skipping:
                 return adapter.passthrough(block, args, kwargs)
             out = original(*args, **kwargs)
             if last and b.block_input is not None:
+                start = time.perf_counter()
                 self._store_residual(b, adapter.image_out(out, num_image_tokens=b.block_input.shape[1])
                                      - b.block_input)
                 b.block_input = None
+                g.own_time_s += time.perf_counter() - start
             return out
 
         block.forward = forward

@@ -95,6 +95,10 @@ def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
     (["--teacache-speedup", "2"], "needs --teacache-profile"),
     (["--teacache-speedup", "0.5", "--teacache-profile", "x.json"], "--teacache-speedup"),
     (["--teacache-profile", "missing.json"], "no such file"),
+    (["--teacache-schedule", "2", "10", "0"], "INTERVAL must be >= 1"),
+    (["--teacache-schedule", "2", "10"], "--teacache-schedule"),
+    (["--teacache-schedule", "2", "10", "3", "--teacache-calibrate", "p.json"], "-schedule"),
+    (["--teacache-first-frame", "drop"], "--teacache-first-frame"),
 ])
 def test_inconsistent_flags_are_refused_before_loading(pipeline_dir, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
@@ -129,3 +133,12 @@ def test_diffusers_offloading_composes_with_the_cache(pipeline_dir, offload):
         assert pipe.transformer.transformer_blocks[0].norm1.linear.weight.device.type == "meta"
     assert skipped == plain_skipped != []
     assert torch.equal(frames, plain)
+
+
+def test_a_fixed_schedule_computes_its_steps_end_to_end(pipeline_dir, tmp_path):
+    """--teacache-schedule: HunyuanVideo-1.5's fixed formula instead of the rule, recorded in the report."""
+    assert run(pipeline_dir, tmp_path, "--teacache-schedule", "2", "6", "2") == 0
+    (video,) = tmp_path.glob("*.mp4")
+    report = json.loads(video.with_suffix(".json").read_text())
+    assert report["computed_steps"] == tc.fixed_schedule(8, 2, 6, 2) == [0, 1, 2, 4, 6, 7]
+    assert report["schedule"] == [2, 6, 2] and len(report["rel_l1"]) == 8
