@@ -1133,6 +1133,9 @@ DIFFUSERS_PIPELINES = {
     "HunyuanVideoImageToVideoPipeline": dict(image=True, sections=False),
     "HunyuanSkyreelsImageToVideoPipeline": dict(image=True, sections=False),
     "HunyuanVideoFramepackPipeline": dict(image=True, sections=True),
+    # 1.5: guidance comes from the folder's guider (one transformer call per branch), not from call arguments
+    "HunyuanVideo15Pipeline": dict(image=False, sections=False, guider=True),
+    "HunyuanVideo15ImageToVideoPipeline": dict(image=True, sections=False, guider=True),
 }
 
 
@@ -1157,7 +1160,8 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="Distilled guidance (guidance_scale).")
     group.add_argument("--cfg-scale", type=float, default=1.0,
                        help="True classifier-free guidance (true_cfg_scale): > 1 with --neg-prompt calls the "
-                            "transformer twice per step.")
+                            "transformer twice per step. 1.5's pipelines take guidance from the model folder's "
+                            "guider; a value other than 1 replaces its guidance_scale.")
     group.add_argument("--flow-shift", type=float, default=None, help="Override the scheduler's shift.")
     group.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                        help="Transformer dtype (default: bf16 on GPU, fp32 on CPU).")
@@ -1235,11 +1239,24 @@ def diffusers_main(argv: Sequence[str]) -> int:
         from diffusers.utils import load_image
 
         inputs["image"] = load_image(args.image)
-    true_cfg = {}
-    if args.cfg_scale != 1.0 or args.neg_prompt is not None:
-        if "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
-            parser.error(f"--cfg-scale/--neg-prompt need diffusers >= 0.33 (true CFG); this is {diffusers.__version__}")
-        true_cfg = dict(true_cfg_scale=args.cfg_scale, negative_prompt=args.neg_prompt)
+    guidance = {}
+    if kind.get("guider"):  # 1.5: the folder's guider; --cfg-scale other than 1 replaces its scale
+        if args.cfg_scale != 1.0:
+            pipe.guider = type(pipe.guider).from_config(pipe.guider.config, guidance_scale=args.cfg_scale)
+        guidance = {} if args.neg_prompt is None else dict(negative_prompt=args.neg_prompt)
+        setting["cfg_scale"] = pipe.guider.config.get("guidance_scale")
+    else:
+        guidance = dict(guidance_scale=args.embedded_cfg_scale)
+        if args.cfg_scale != 1.0 or args.neg_prompt is not None:
+            if "true_cfg_scale" not in inspect.signature(pipe.__call__).parameters:
+                parser.error(f"--cfg-scale/--neg-prompt need diffusers >= 0.33 (true CFG); this is "
+                             f"{diffusers.__version__}")
+            guidance.update(true_cfg_scale=args.cfg_scale, negative_prompt=args.neg_prompt)
+    if "height" in inspect.signature(pipe.__call__).parameters:
+        inputs.update(height=args.video_size[0], width=args.video_size[1])
+    else:
+        logger.warning(f"{name} sizes the video from the image (its transformer's target_size); --video-size "
+                       "is not used")
     cache = cache_from_args(args, pipe.transformer, args.infer_steps, setting)
     base_seed = args.seed if args.seed is not None else int(torch.randint(0, 1_000_000, ()).item())
     traces = []
@@ -1249,9 +1266,9 @@ def diffusers_main(argv: Sequence[str]) -> int:
             cache.reset(args.infer_steps, sections=kind["sections"])
             start = time.perf_counter()
             frames = pipe(
-                prompt=prompt, height=args.video_size[0], width=args.video_size[1], num_frames=args.video_length,
-                num_inference_steps=args.infer_steps, guidance_scale=args.embedded_cfg_scale,
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **inputs, **true_cfg,
+                prompt=prompt, num_frames=args.video_length,
+                num_inference_steps=args.infer_steps, generator=torch.Generator("cpu").manual_seed(seed),
+                output_type="pt", **inputs, **guidance,
             ).frames[0]  # (T, C, H, W) in [0, 1]
             generation_time = time.perf_counter() - start
             logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")

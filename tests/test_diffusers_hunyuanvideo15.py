@@ -146,3 +146,68 @@ def test_without_a_profile_it_warns_that_no_coefficients_are_published_for_15():
     finally:
         logger.remove(sink)
     assert len(messages) == 1 and "no coefficients are published for HunyuanVideo 1.5" in messages[0]
+
+
+# -- the CLI on tiny local 1.5 pipelines ---------------------------------------------------------------------------
+
+PIPELINES_15 = {"v15": "HunyuanVideo15Pipeline", "v15_i2v": "HunyuanVideo15ImageToVideoPipeline"}
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    from tiny_diffusers import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines15")
+    image = root / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+    return {kind: make_tiny_pipeline(root / kind, kind) for kind in PIPELINES_15}, image
+
+
+def _cli(pipeline, save, image, *extra):
+    return tc.main(["--diffusers-model", str(pipeline), "--prompt", "a cat walks on the grass", "--video-size", "32",
+                    "32", "--video-length", "5", "--infer-steps", "8", "--seed", "3", "--save-path", str(save),
+                    *(["--image", str(image)] if image else []), *extra])
+
+
+def _report(save):
+    import json
+
+    (video,) = save.glob("*.mp4")
+    return video, json.loads(video.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("kind", list(PIPELINES_15))
+def test_cli_threshold_zero_is_the_plain_pipeline(pipelines, tmp_path, kind):
+    import diffusers
+    import imageio.v3 as iio
+    from diffusers.utils import load_image
+
+    folders, image = pipelines
+    image = image if kind == "v15_i2v" else None
+    assert _cli(folders[kind], tmp_path, image, "--rel-l1-thresh", "0") == 0
+    video, report = _report(tmp_path)
+    pipe = getattr(diffusers, PIPELINES_15[kind]).from_pretrained(folders[kind])
+    size = {"image": load_image(str(image))} if image else {"height": 32, "width": 32}
+    frames = pipe(prompt="a cat walks on the grass", num_frames=5, num_inference_steps=8, output_type="pt",
+                  generator=torch.Generator("cpu").manual_seed(3), **size).frames[0]
+    tc.save_video(frames.permute(1, 0, 2, 3), tmp_path / "plain.mp4")
+    assert (iio.imread(video) == iio.imread(tmp_path / "plain.mp4")).all()
+    assert report["pipeline"] == PIPELINES_15[kind] and report["skipped_steps"] == []
+    assert report["model"]["class"] == "HunyuanVideo15Transformer3DModel"
+
+
+@pytest.mark.parametrize("kind", list(PIPELINES_15))
+def test_cli_guider_branches_share_the_indicator_and_take_the_reference_decisions(pipelines, tmp_path, kind):
+    from reference_rule import reference_computed_steps
+
+    folders, image = pipelines
+    assert _cli(folders[kind], tmp_path, image if kind == "v15_i2v" else None, "--rel-l1-thresh", "0.3") == 0
+    _, report = _report(tmp_path)
+    cond, uncond = report["branches"]  # the folder's guider: CFG at 6, one call per branch
+    assert report["num_branches"] == 2 and cond["rel_l1"] == uncond["rel_l1"]
+    for branch in (cond, uncond):
+        assert branch["computed_steps"] == reference_computed_steps(branch["rel_l1"], 0.3)
+    assert cond["skipped_steps"], "retune: nothing skipped"

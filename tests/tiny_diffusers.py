@@ -72,8 +72,9 @@ def make_tiny_pipeline(root, kind: str = "t2v", condition_type: str = "token_rep
     (HunyuanVideoImageToVideoPipeline with ``condition_type``: a tiny LLaVA text encoder whose tokenizer fits the
     pipeline's hard-coded template offsets, and a CLIPImageProcessor), ``skyreels``
     (HunyuanSkyreelsImageToVideoPipeline: image latents concatenated in channels) or ``framepack``
-    (HunyuanVideoFramepackPipeline: its own transformer class and a tiny SigLIP image encoder). Loads with
-    ``DiffusionPipeline.from_pretrained(path)``."""
+    (HunyuanVideoFramepackPipeline: its own transformer class and a tiny SigLIP image encoder), ``v15`` /
+    ``v15_i2v`` (HunyuanVideo15Pipeline / HunyuanVideo15ImageToVideoPipeline: ``_make_tiny_pipeline_15``). Loads
+    with ``DiffusionPipeline.from_pretrained(path)``."""
     from pathlib import Path
 
     import diffusers
@@ -82,6 +83,8 @@ def make_tiny_pipeline(root, kind: str = "t2v", condition_type: str = "token_rep
     from support import tiny_checkpoints as T
 
     root = Path(root)
+    if kind in ("v15", "v15_i2v"):
+        return _make_tiny_pipeline_15(root, image=kind == "v15_i2v")
     corpus = T.EXTRA_SENTENCES + ["<|start_header_id|>system<|end_header_id|> Describe the video by detailing "
                                   "the following aspects: the main content and theme of the video."]
     extra = {}
@@ -246,3 +249,50 @@ def v15_caller(call, image_latents: torch.Tensor | None = None, meanflow_steps: 
             kw["timestep_r"] = sig[i + 1].expand(hidden_states.shape[0])
         return call(hidden_states=torch.cat([hidden_states, cond, mask], dim=1), timestep=timestep, **kw)
     return wrapped
+
+
+#: a Qwen-style chat template for the tiny tokenizer (1.5's pipelines call ``apply_chat_template``)
+_CHAT_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                  "{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}<|eot_id|>{% endfor %}"
+                  "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def _make_tiny_pipeline_15(root, image: bool):
+    """A tiny HunyuanVideo 1.5 pipeline folder: Qwen2.5-VL text model, ByT5 (T5 encoder, byte tokenizer), 1.5's
+    VAE (4 latent channels, spatial /16, temporal /4), ``make_transformer_15``, a CFG guider (scale 6), and for
+    image-to-video a SigLIP image encoder whose width is the transformer's image embedding size."""
+    import diffusers
+    from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    from support import tiny_checkpoints as T
+
+    tokenizer = T.build_llm_tokenizer(T.EXTRA_SENTENCES + ["You are a helpful assistant. Describe the video by "
+                                                           "detailing the following aspects"], vocab_size=400)
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    torch.manual_seed(1)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_15_CONFIG["text_embed_dim"], intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})).eval()
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=384, d_model=TINY_15_CONFIG["text_embed_2_dim"], d_kv=4,
+                                             d_ff=16, num_layers=1, num_heads=2)).eval()
+    vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 5,
+                                      layers_per_block=1, spatial_compression_ratio=16,
+                                      temporal_compression_ratio=4).eval()
+    parts = dict(text_encoder=text_encoder, tokenizer=tokenizer, transformer=make_transformer_15(seed=4), vae=vae,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+                 tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    cls = diffusers.HunyuanVideo15Pipeline
+    if image:
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+        torch.manual_seed(5)
+        parts.update(image_encoder=SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=TINY_15_CONFIG["image_embed_dim"], intermediate_size=16, num_hidden_layers=1,
+            num_attention_heads=2, image_size=32, patch_size=16)).eval(),
+            feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+        cls = diffusers.HunyuanVideo15ImageToVideoPipeline
+    cls(**parts).save_pretrained(root / "pipeline")
+    return root / "pipeline"
