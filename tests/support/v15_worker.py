@@ -9,9 +9,15 @@ batched in one call, vision states for image-to-video, its flow-matching schedul
 - the indicator against the tensor the first double block feeds its attention (``img_attn_q``);
 - threshold 0 against the unpatched transformer (bit-identical);
 - decisions and outputs against the reference rule, over thresholds.
+
+Under ``torchrun --nproc_per_node=2 ... v15_worker.py sp OUT.json`` instead: 1.5's own sequence parallelism
+(``initialize_parallel_state(sp=2)``, image tokens split over the ranks, its all-to-all attention) on gloo, with the
+statistics reduced over its ``sp_group`` (``process_group="auto"``) and, to show the reduction matters, each
+rank's own indicator traced uncached. Rank 0 writes each rank's decisions, indicators and final latents.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,9 +68,11 @@ def main(case: str, out_path: str) -> None:
         cached = build(case)
         cache = tc.enable_teacache(cached, thresh, num_steps=steps)
         outs, ref_outs = [], []
-        denoise(cached, inp, steps, meanflow, outs)
+        final = denoise(cached, inp, steps, meanflow, outs)
         ref = ReferenceTeaCache(build(case), steps, thresh, **HYVIDEO15)
         denoise(ref, inp, steps, meanflow, ref_outs)
+        if thresh == SP_THRESH:
+            result["final_latents"] = final.flatten().tolist()
         result["runs"].append({
             "thresh": thresh, "computed_steps": cache.stats()["computed_steps"],
             "reference_computed_steps": [i for i, c in enumerate(ref.decisions) if c],
@@ -73,5 +81,33 @@ def main(case: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result, indent=1))
 
 
+SP_THRESH = 0.3
+
+
+@torch.no_grad()
+def main_sp(out_path: str) -> None:
+    import torch.distributed as dist
+
+    install_cpu_parallel_state()
+    from hyvideo.commons.parallel_states import initialize_parallel_state
+
+    dims = initialize_parallel_state(sp=int(os.environ["WORLD_SIZE"]))
+    inp, result = inputs("t2v"), {"world_size": dims.world_size, "sp": dims.sp}
+    # unreduced, ranks would decide apart and then block in the attention's collectives: trace it uncached instead
+    for name, thresh, group in (("reduced", SP_THRESH, "auto"), ("unreduced", 0.0, None)):
+        model = build("t2v")
+        cache = tc.enable_teacache(model, thresh, num_steps=20, process_group=group, trace=not thresh)
+        final = denoise(model, inp, 20, False)
+        mine = {"computed_steps": cache.stats()["computed_steps"], "rel_l1": cache.stats()["rel_l1"],
+                "sequence_parallel_reduced": cache.report()["sequence_parallel_reduced"],
+                "final_latents": final.flatten().tolist()}
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+        result[name] = ranks
+    if dist.get_rank() == 0:
+        Path(out_path).write_text(json.dumps(result))
+    dist.barrier()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main_sp(sys.argv[2]) if sys.argv[1] == "sp" else main(*sys.argv[1:3])
