@@ -1073,6 +1073,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "in Tencent/HunyuanVideo-I2V) and run it from there (or pass --diffusers-model to use diffusers' "
               "HunyuanVideo pipelines)", file=sys.stderr)
         return 2
+    package = Path(next(iter(importlib.util.find_spec("hyvideo").submodule_search_locations)))
+    if not (package / "config.py").is_file() and (package / "commons" / "parallel_states.py").is_file():
+        print("teacache_sample_video.py: error: this is a Tencent-Hunyuan/HunyuanVideo-1.5 checkout, whose "
+              "generate.py this file does not stand in for yet; its transformer takes the cache from Python "
+              "(enable_teacache(pipe.transformer, ...), see the README), and diffusers' 1.5 pipelines run with "
+              "--diffusers-model", file=sys.stderr)
+        return 2
     from hyvideo import config as hy_config
 
     checkout = recognise_checkout(hy_config)

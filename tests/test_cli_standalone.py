@@ -28,3 +28,19 @@ def test_help_outside_a_checkout_lists_the_teacache_flags(tmp_path):
         assert flag in proc.stdout
     assert "sample_video.py" in proc.stdout and "hyvideo/config.py" in proc.stdout  # where the other flags live
     assert "--diffusers-model" in proc.stdout and proc.stderr == ""
+
+
+def test_in_a_hunyuanvideo_15_checkout_it_says_what_works_there_and_exits_2(tmp_path):
+    """1.5's layout (hyvideo/commons/parallel_states.py, no hyvideo/config.py, generate.py): one line, no traceback."""
+    (tmp_path / "hyvideo" / "commons").mkdir(parents=True)
+    for name in ("hyvideo/__init__.py", "hyvideo/commons/__init__.py", "hyvideo/commons/parallel_states.py",
+                 "generate.py"):
+        (tmp_path / name).write_text("")
+    script = tmp_path / SCRIPT.name
+    script.write_text(SCRIPT.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script), "--prompt", "a cat"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "HunyuanVideo-1.5" in lines[0] and "--diffusers-model" in lines[0], proc.stderr
