@@ -1246,7 +1246,6 @@ def diffusers_main(argv: Sequence[str]) -> int:
         from diffusers.utils import load_image
 
         inputs["image"] = load_image(args.image)
-    guidance = {}
     if kind.get("guider"):  # 1.5: the folder's guider; --cfg-scale other than 1 replaces its scale
         if args.cfg_scale != 1.0:
             pipe.guider = type(pipe.guider).from_config(pipe.guider.config, guidance_scale=args.cfg_scale)

@@ -14,7 +14,7 @@ dilute it by their share of its mass. This measures, on diffusers' I2V transform
   steps of both and their PSNR against the uncached output (random weights: this compares the two options on the
   same model, it says nothing of the real model's fidelity).
 
-    python3 benchmarks/study_first_frame.py            # a few seconds on 2 CPU cores
+    python3 benchmarks/study_first_frame.py            # about a minute on 2 CPU cores
 """
 
 from __future__ import annotations
