@@ -179,6 +179,7 @@ class _Generation:
     peak_cache_bytes: int = 0  # most memory the cache itself held at once
     activation_bytes: int = 0  # one image activation (the modulated input), for scale
     own_time_s: float = 0.0  # host time spent in the cache's own work (on a GPU: launching it, not running it)
+    scheduled: Optional[frozenset] = None  # a fixed schedule's steps (TeaCacheConfig.schedule), once per generation
 
     @property
     def current(self) -> _Branch:
@@ -412,7 +413,9 @@ class TeaCache:
         b.rel_l1.append(rel_l1)
         rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
         if cfg.schedule is not None:  # fixed: the indicator is only recorded
-            compute = g.step in fixed_schedule(g.num_steps, *cfg.schedule)
+            if g.scheduled is None:
+                g.scheduled = frozenset(fixed_schedule(g.num_steps, *cfg.schedule))
+            compute = g.step in g.scheduled
         else:
             compute, b.accumulated = teacache_decision(
                 g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
