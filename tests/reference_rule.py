@@ -20,6 +20,15 @@ from torch import nn
 PUBLISHED = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
 
+def record_first(seen: dict, key: str, index=None):
+    """A forward pre-hook that keeps the first call's positional inputs (or input ``index``) in ``seen[key]`` and
+    leaves every call unchanged (it returns None)."""
+    def hook(module, args):
+        if key not in seen:
+            seen[key] = args if index is None else args[index]
+    return hook
+
+
 class _Stop(Exception):
     pass
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import teacache_sample_video as tc
-from reference_rule import DIFFUSERS, ReferenceTeaCache
+from reference_rule import DIFFUSERS, ReferenceTeaCache, record_first
 from tiny_diffusers import against_the_reference, make_inputs_15, make_transformer_15, sample, v15_caller
 
 STEPS = 12
@@ -99,8 +99,8 @@ def test_the_indicator_is_what_the_first_block_modulates():
     make, inputs, wrap, _ = _case("i2v")
     model = make()
     block, seen = model.transformer_blocks[0], {}
-    hooks = [block.register_forward_pre_hook(lambda m, a: seen.setdefault("args", a)),
-             block.attn.to_q.register_forward_pre_hook(lambda m, a: seen.setdefault("q_in", a[0]))]
+    hooks = [block.register_forward_pre_hook(record_first(seen, "args")),
+             block.attn.to_q.register_forward_pre_hook(record_first(seen, "q_in", 0))]
     with torch.no_grad():
         wrap(model)(**{**inputs, "timestep": torch.tensor([900.0]), "return_dict": False})
         for h in hooks:

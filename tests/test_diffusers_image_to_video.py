@@ -11,7 +11,7 @@ from loguru import logger
 from PIL import Image
 
 import teacache_sample_video as tc
-from reference_rule import DIFFUSERS, diffusers_modulated, reference_computed_steps
+from reference_rule import DIFFUSERS, diffusers_modulated, record_first, reference_computed_steps
 from tiny_diffusers import (against_the_reference, i2v_caller, make_i2v_transformer, make_inputs, make_tiny_pipeline,
                             make_transformer, sample)
 
@@ -99,7 +99,7 @@ def test_token_replace_indicator_is_what_the_block_computes():
     model = make_i2v_transformer("token_replace")
     block = model.transformer_blocks[0]
     seen = {}
-    block.register_forward_pre_hook(lambda m, a: seen.setdefault("args", a))
+    block.register_forward_pre_hook(record_first(seen, "args"))
     with torch.no_grad():
         model(**{**make_inputs(), "hidden_states": torch.randn(1, 4, 2, 8, 8), "timestep": torch.tensor([500.0]),
                  "return_dict": False})

@@ -28,7 +28,7 @@ hc.install_cpu_standins()
 
 import teacache_sample_video as tc  # noqa: E402
 from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler  # noqa: E402
-from reference_rule import HYVIDEO_I2V, ReferenceTeaCache, hyvideo_i2v_modulated  # noqa: E402
+from reference_rule import HYVIDEO_I2V, ReferenceTeaCache, hyvideo_i2v_modulated, record_first  # noqa: E402
 
 STEPS = 20
 
@@ -86,8 +86,8 @@ def main(condition: str, out_path: str) -> None:
 
     # the indicator is what the first double block really computes
     block, seen = model.double_blocks[0], {}
-    hooks = [block.register_forward_pre_hook(lambda m, a: seen.setdefault("args", a)),
-             block.img_attn_qkv.register_forward_pre_hook(lambda m, a: seen.setdefault("qkv_in", a[0]))]
+    hooks = [block.register_forward_pre_hook(record_first(seen, "args")),
+             block.img_attn_qkv.register_forward_pre_hook(record_first(seen, "qkv_in", 0))]
     x0 = inputs["x"][:, :hc.LATENT_CHANNELS]
     model_in = x0 if condition == "token_replace" else torch.cat([x0, torch.zeros_like(x0), x0[:, :1] * 0], 1)
     model(model_in, inputs["t"], **{k: v for k, v in inputs.items() if k not in ("x", "t")})
