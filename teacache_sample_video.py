@@ -2,8 +2,9 @@
 """TeaCache for HunyuanVideo: training-free ~1.6x-2.1x faster sampling.
 
 Copy this file next to ``sample_video.py`` in a Tencent HunyuanVideo checkout (or next to
-``sample_image2video.py`` in HunyuanVideo-I2V: it recognises the checkout) and run it with the
-same flags, plus ``--rel-l1-thresh`` (0.1 ~ 1.6x, 0.15 ~ 2.1x, 0 off)::
+``sample_image2video.py`` in HunyuanVideo-I2V, or ``generate.py`` in HunyuanVideo-1.5: it recognises
+the checkout) and run it with the same flags, plus ``--rel-l1-thresh`` (0.1 ~ 1.6x, 0.15 ~ 2.1x, 0 off;
+spelled ``--rel_l1_thresh`` in 1.5's style there)::
 
     python3 teacache_sample_video.py --video-size 720 1280 --video-length 129 \\
         --infer-steps 50 --prompt "A cat walks on the grass" --flow-reverse \\
@@ -846,44 +847,55 @@ _threshold = _number(float, 0, "a number >= 0")
 _speedup = _number(float, 1, "a number >= 1")
 
 
-def add_teacache_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def _spelled(group, spelling: str):
+    """``group.add_argument`` with the flags spelled as the checkout spells its own: ``-`` (``--rel-l1-thresh``,
+    HunyuanVideo's hyvideo/config.py) or ``_`` (``--rel_l1_thresh``, HunyuanVideo-1.5's generate.py; the dashed
+    spelling is accepted there too)."""
+    def add_argument(name, **kwargs):
+        names = (name,) if spelling == "-" else ("--" + name[2:].replace("-", "_"), name)
+        return group.add_argument(*names, **kwargs)
+    return add_argument
+
+
+def add_teacache_args(parser: argparse.ArgumentParser, spelling: str = "-") -> argparse.ArgumentParser:
     group = parser.add_argument_group(title="TeaCache args")
-    group.add_argument(
+    add_argument = _spelled(group, spelling)
+    add_argument(
         "--rel-l1-thresh", type=_threshold, default=0.15,
         help="Accumulated rescaled relative-L1 change below which the transformer blocks are skipped. "
              "0.1 ~ 1.6x, 0.15 ~ 2.1x (published, 50 steps); 0 turns caching off (output identical to "
-             "sample_video.py).",
+             "the checkout's own script).",
     )
-    group.add_argument("--teacache-warmup-steps", type=_number(int, 1, "an integer >= 1"), default=1, metavar="N",
-                       help="Always compute the first N steps (default 1, the published rule).")
-    group.add_argument("--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), default=None, metavar="K",
-                       help="Never skip more than K steps in a row (default: no cap).")
-    group.add_argument("--teacache-rule", choices=RULES, default="reuse",
-                       help="What a skipped step adds: 'reuse' the last residual (published), 'extrapolate' it "
-                            "to the current timestep from the last two computed steps, or 'fitted': that "
-                            "extrapolation scaled by a gain in [0, 1] re-fitted at each computed step (more "
-                            "fidelity per computed step on long skips; see the README's curves).")
-    group.add_argument("--teacache-first-frame", choices=FIRST_FRAME, default="include",
-                       help="Image-to-video with token_replace: whether the indicator covers the first frame's "
-                            "tokens (the given image, the same at every step). 'exclude' makes it independent of "
-                            "the video's length; the residual always covers every token. A profile is tied to "
-                            "this choice. See the README's measurement.")
-    group.add_argument("--teacache-schedule", type=_number(int, 0, "an integer >= 0"), nargs=3, default=None,
-                       metavar=("START", "END", "INTERVAL"),
-                       help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in "
-                            "cache computes ([0, START), every INTERVAL-th step of [START, END), [END, steps); its "
-                            "defaults are 11 45 4). The threshold is not used; the rule still says what a skipped "
-                            "step adds. For comparison with TeaCache's adaptive placement.")
-    group.add_argument("--teacache-profile", metavar="JSON", default=None,
-                       help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
-    group.add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
-                       help="Pick the threshold that reaches about S-times fewer computed steps, by replaying the "
-                            "rule on the profile's traces (needs --teacache-profile; overrides --rel-l1-thresh).")
-    group.add_argument("--teacache-calibrate", metavar="JSON", default=None,
-                       help="Run uncached, record the indicator and the residual change per step, fit the rescale "
-                            "polynomial and write a profile here (videos are saved as usual).")
-    group.add_argument("--teacache-prompts", metavar="FILE", default=None,
-                       help="One prompt per line, each generated in turn (e.g. to calibrate on several prompts).")
+    add_argument("--teacache-warmup-steps", type=_number(int, 1, "an integer >= 1"), default=1, metavar="N",
+                 help="Always compute the first N steps (default 1, the published rule).")
+    add_argument("--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), default=None, metavar="K",
+                 help="Never skip more than K steps in a row (default: no cap).")
+    add_argument("--teacache-rule", choices=RULES, default="reuse",
+                 help="What a skipped step adds: 'reuse' the last residual (published), 'extrapolate' it "
+                      "to the current timestep from the last two computed steps, or 'fitted': that "
+                      "extrapolation scaled by a gain in [0, 1] re-fitted at each computed step (more "
+                      "fidelity per computed step on long skips; see the README's curves).")
+    add_argument("--teacache-first-frame", choices=FIRST_FRAME, default="include",
+                 help="Image-to-video with token_replace: whether the indicator covers the first frame's "
+                      "tokens (the given image, the same at every step). 'exclude' makes it independent of "
+                      "the video's length; the residual always covers every token. A profile is tied to "
+                      "this choice. See the README's measurement.")
+    add_argument("--teacache-schedule", type=_number(int, 0, "an integer >= 0"), nargs=3, default=None,
+                 metavar=("START", "END", "INTERVAL"),
+                 help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in "
+                      "cache computes ([0, START), every INTERVAL-th step of [START, END), [END, steps); its "
+                      "defaults are 11 45 4). The threshold is not used; the rule still says what a skipped "
+                      "step adds. For comparison with TeaCache's adaptive placement.")
+    add_argument("--teacache-profile", metavar="JSON", default=None,
+                 help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
+    add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
+                 help="Pick the threshold that reaches about S-times fewer computed steps, by replaying the "
+                      "rule on the profile's traces (needs --teacache-profile; overrides --rel-l1-thresh).")
+    add_argument("--teacache-calibrate", metavar="JSON", default=None,
+                 help="Run uncached, record the indicator and the residual change per step, fit the rescale "
+                      "polynomial and write a profile here (videos are saved as usual).")
+    add_argument("--teacache-prompts", metavar="FILE", default=None,
+                 help="One prompt per line, each generated in turn (e.g. to calibrate on several prompts).")
     return parser
 
 
@@ -1050,9 +1062,9 @@ def _standalone_help() -> None:
     parser = add_teacache_args(_ArgumentParser(
         prog="teacache_sample_video.py", usage="%(prog)s [sample_video.py's flags] [TeaCache flags]",
         description="HunyuanVideo inference with TeaCache. Copy this file next to sample_video.py in a Tencent "
-                    "HunyuanVideo checkout (or next to sample_image2video.py in HunyuanVideo-I2V) and run it there "
-                    "with that script's flags (upstream's argument groups from hyvideo/config.py: --help there "
-                    "lists them all) plus the TeaCache flags below.",
+                    "HunyuanVideo checkout (or next to sample_image2video.py in HunyuanVideo-I2V, or generate.py in "
+                    "Tencent-Hunyuan/HunyuanVideo-1.5) and run it there with that script's flags (--help there "
+                    "lists them all) plus the TeaCache flags below (in 1.5's spelling there: --rel_l1_thresh, ...).",
         epilog="No HunyuanVideo checkout here, so only the TeaCache flags are listed. Without a checkout, "
                "--diffusers-model runs diffusers' HunyuanVideoPipeline instead (see "
                "`teacache_sample_video.py --diffusers-model X --help`)."))
@@ -1060,8 +1072,8 @@ def _standalone_help() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Upstream HunyuanVideo or HunyuanVideo-I2V (run from a checkout: ``CHECKOUTS``); with ``--diffusers-model``,
-    diffusers' pipeline instead."""
+    """Upstream HunyuanVideo or HunyuanVideo-I2V (run from a checkout: ``CHECKOUTS``), HunyuanVideo-1.5
+    (``generate_main``); with ``--diffusers-model``, diffusers' pipeline instead."""
     import importlib.util
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1073,16 +1085,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
               "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo (or sample_image2video.py "
-              "in Tencent/HunyuanVideo-I2V) and run it from there (or pass --diffusers-model to use diffusers' "
+              "in Tencent/HunyuanVideo-I2V, generate.py in Tencent-Hunyuan/HunyuanVideo-1.5) and run it from there (or pass --diffusers-model to use diffusers' "
               "HunyuanVideo pipelines)", file=sys.stderr)
         return 2
     package = Path(next(iter(importlib.util.find_spec("hyvideo").submodule_search_locations)))
     if not (package / "config.py").is_file() and (package / "commons" / "parallel_states.py").is_file():
-        print("teacache_sample_video.py: error: this is a Tencent-Hunyuan/HunyuanVideo-1.5 checkout, whose "
-              "generate.py this file does not stand in for yet; its transformer takes the cache from Python "
-              "(enable_teacache(pipe.transformer, ...), see the README), and diffusers' 1.5 pipelines run with "
-              "--diffusers-model", file=sys.stderr)
-        return 2
+        return generate_main(argv, package.parent)  # HunyuanVideo-1.5: no hyvideo/config.py, its own generate.py
     from hyvideo import config as hy_config
 
     checkout = recognise_checkout(hy_config)
@@ -1128,6 +1136,146 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     {**report, "index": i, "seed": seed, "prompt": prompt})
     if args.teacache_calibrate:
         finish_calibration(args, transformer, traces, setting)
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+# CLI for HunyuanVideo-1.5's generate.py                                       #
+# --------------------------------------------------------------------------- #
+
+
+class _Replacing:
+    """``target`` with some attributes replaced; the others are read through."""
+
+    def __init__(self, target, **replaced):
+        self._target = target
+        vars(self).update(replaced)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+def add_teacache_sr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group(title="TeaCache args, super-resolution stage (generate.py --sr)")
+    add_argument = _spelled(group, "_")
+    add_argument("--teacache-sr-rel-l1-thresh", type=_threshold, default=0.0, metavar="T",
+                 help="Threshold of the super-resolution stage's own cache (a second transformer, 6-8 distilled "
+                      "steps; the rule options above apply to it too). Default 0: that stage computes every step "
+                      "(see the README's measurement); its report is written all the same.")
+    add_argument("--teacache-sr-profile", metavar="JSON", default=None,
+                 help="Coefficients for the super-resolution stage: a profile that --teacache_calibrate wrote for "
+                      "it (beside the base stage's, with the suffix _sr).")
+    return parser
+
+
+def _sr_profile_path(path: str) -> str:
+    return str(Path(path).with_name(f"{Path(path).stem}_sr{Path(path).suffix}"))
+
+
+def generate_main(argv: Sequence[str], root: Path) -> int:
+    """Tencent-Hunyuan/HunyuanVideo-1.5: the checkout's own ``generate.py`` runs (its flags, loading, optimisations,
+    offloading, sequence parallelism, saving on rank 0); the TeaCache flags are taken off the command line first, and
+    each stage's transformer (base, and super-resolution with ``--sr``) gets its own cache once generate.py has
+    optimised it. A report ``<video>_teacache.json`` is written beside every video it saves."""
+    import functools
+    import importlib.util
+
+    parser = add_teacache_sr_args(add_teacache_args(_ArgumentParser(
+        prog="teacache_sample_video.py", add_help=False, allow_abbrev=False,
+        usage="%(prog)s [generate.py's flags] [TeaCache flags]"), spelling="_"))
+    ours, upstream_argv = parser.parse_known_args(argv)
+    asked_help = any(a in ("-h", "--help") for a in upstream_argv)
+    if not asked_help:
+        _check_teacache_args(parser, ours)
+        if ours.teacache_prompts:
+            parser.error("--teacache_prompts: generate.py makes one video of one --prompt per run")
+        if ours.teacache_first_frame == "exclude":
+            parser.error("--teacache_first_frame exclude is for HunyuanVideo-I2V's token_replace; HunyuanVideo-1.5 "
+                         "gives the image by concatenation")
+        if ours.teacache_sr_profile and not Path(ours.teacache_sr_profile).is_file():
+            parser.error(f"no such file: {ours.teacache_sr_profile}")
+    spec = importlib.util.spec_from_file_location("generate", root / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)  # what `python generate.py` does before its main(): parallel state, device
+    missing = [n for n in ("main", "generate_video", "save_video", "HunyuanVideo_1_5_Pipeline") if not hasattr(generate, n)]
+    if missing:
+        parser.exit(2, f"teacache_sample_video.py: error: {root / 'generate.py'} has no {', '.join(missing)}: not the "
+                       "Tencent-Hunyuan/HunyuanVideo-1.5 generate.py this file runs\n")
+    run: dict = {}  # generate.py's parsed arguments and the setting profiles record
+    stages: dict = {}  # "base" / "sr": (the TeaCache arguments of that stage, its cache)
+    stage_args = {"base": ours, "sr": argparse.Namespace(**{
+        **vars(ours), "rel_l1_thresh": ours.teacache_sr_rel_l1_thresh, "teacache_profile": ours.teacache_sr_profile,
+        "teacache_speedup": None, "teacache_schedule": None,
+        "teacache_calibrate": ours.teacache_calibrate and _sr_profile_path(ours.teacache_calibrate)})}
+
+    def cached_once_optimised(stage: str, pipe) -> None:
+        """The cache goes on after ``apply_infer_optimization`` (torch.compile, FP8 GEMM, group offloading), so that
+        it wraps the blocks as they will run."""
+        optimise = pipe.apply_infer_optimization
+
+        @functools.wraps(optimise)
+        def apply_infer_optimization(*args, **kwargs):
+            result = optimise(*args, **kwargs)
+            # one generation per run; generate.py passes the base stage's steps and leaves the SR stage's default
+            steps = (run["args"].num_inference_steps if stage == "base" else None) or pipe.config.num_inference_steps
+            cache = cache_from_args(stage_args[stage], pipe.transformer, steps, {**run["setting"], "stage": stage})
+            stages[stage] = (stage_args[stage], cache.reset(steps))
+            return result
+
+        pipe.apply_infer_optimization = apply_infer_optimization
+
+    pipeline_cls = generate.HunyuanVideo_1_5_Pipeline
+
+    def create_pipeline(*args, **kwargs):
+        pipe = pipeline_cls.create_pipeline(*args, **kwargs)
+        run["setting"]["transformer_version"] = kwargs.get("transformer_version")
+        cached_once_optimised("base", pipe)
+        if hasattr(pipe, "sr_pipeline"):
+            cached_once_optimised("sr", pipe.sr_pipeline)
+        return pipe
+
+    save = generate.save_video
+
+    def save_video(video, path):  # generate.py saves on rank 0 only
+        save(video, path)
+        report_path = Path(path).with_name(f"{Path(path).stem}_teacache.json")
+        report = {"video": Path(path).name, "stages": {stage: cache.report() for stage, (_, cache) in stages.items()},
+                  "generate_args": vars(run["args"])}
+        report_path.write_text(json.dumps(report, indent=2, default=str))
+        logger.info(f"TeaCache report: {report_path}")
+
+    original_generate_video = generate.generate_video
+
+    def generate_video(args):
+        if args.enable_cache:
+            raise SystemExit("teacache_sample_video.py: error: --enable_cache is generate.py's own step cache (a fixed "
+                             "schedule); it is not combined with TeaCache: drop it (--teacache_schedule START END "
+                             "INTERVAL computes the same steps, or --rel_l1_thresh 0 turns TeaCache off)")
+        if args.output_path:
+            base, ext = Path(args.output_path), Path(args.output_path).suffix
+            for taken in (base, base.with_name(f"{base.stem}_teacache.json"),
+                          *([base.with_name(f"{base.stem}_before_sr{ext}")] if args.save_pre_sr_video else [])):
+                if taken.exists():
+                    raise SystemExit(f"teacache_sample_video.py: error: {taken} exists; give another --output_path "
+                                     "(nothing is overwritten)")
+        run.update(args=args, setting={"resolution": args.resolution, "aspect_ratio": args.aspect_ratio,
+                                       "video_length": args.video_length, "task": "i2v" if args.image_path else "t2v"})
+        original_generate_video(args)
+        for stage, (options, cache) in stages.items():
+            logger.info(f"{stage} stage: {cache.summary()}")
+            if options.teacache_calibrate:
+                finish_calibration(options, cache.transformer, [cache.stats()], {**run["setting"], "stage": stage})
+
+    generate.HunyuanVideo_1_5_Pipeline = _Replacing(pipeline_cls, create_pipeline=create_pipeline)
+    generate.save_video, generate.generate_video = save_video, generate_video
+    sys.argv = [sys.argv[0] if sys.argv else "teacache_sample_video.py", *upstream_argv]
+    try:
+        generate.main()  # parses generate.py's own flags (one-line errors come from there) and runs
+    except SystemExit as exit:
+        if asked_help and not exit.code:  # generate.py printed its flags; ours follow
+            parser.print_help()
+            return 0
+        raise
     return 0
 
 

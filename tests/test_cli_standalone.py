@@ -26,12 +26,13 @@ def test_help_outside_a_checkout_lists_the_teacache_flags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for flag in ("--rel-l1-thresh", "--teacache-rule", "--teacache-calibrate", "--teacache-speedup"):
         assert flag in proc.stdout
-    assert "sample_video.py" in proc.stdout and "hyvideo/config.py" in proc.stdout  # where the other flags live
+    assert "sample_video.py" in proc.stdout and "generate.py" in proc.stdout  # where the other flags live
     assert "--diffusers-model" in proc.stdout and proc.stderr == ""
 
 
-def test_in_a_hunyuanvideo_15_checkout_it_says_what_works_there_and_exits_2(tmp_path):
-    """1.5's layout (hyvideo/commons/parallel_states.py, no hyvideo/config.py, generate.py): one line, no traceback."""
+def test_in_a_15_checkout_without_its_generate_py_it_says_so_in_one_line(tmp_path):
+    """1.5's layout (hyvideo/commons/parallel_states.py, no hyvideo/config.py) is recognised; a generate.py that is
+    not upstream's gets one line, no traceback."""
     (tmp_path / "hyvideo" / "commons").mkdir(parents=True)
     for name in ("hyvideo/__init__.py", "hyvideo/commons/__init__.py", "hyvideo/commons/parallel_states.py",
                  "generate.py"):
@@ -43,4 +44,4 @@ def test_in_a_hunyuanvideo_15_checkout_it_says_what_works_there_and_exits_2(tmp_
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "HunyuanVideo-1.5" in lines[0] and "--diffusers-model" in lines[0], proc.stderr
+    assert len(lines) == 1 and "HunyuanVideo-1.5 generate.py" in lines[0] and "generate_video" in lines[0], proc.stderr
