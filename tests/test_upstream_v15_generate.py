@@ -136,6 +136,18 @@ def test_under_torchrun_ranks_reduce_over_its_sp_group_and_rank_0_saves(runs):
     assert abs(_frames(single).astype(int) - _frames(sp).astype(int)).max() <= 2
 
 
+def test_with_offloading_and_group_offloading_it_takes_the_same_decisions_and_frames(runs):
+    """generate.py's defaults on a small GPU: the model offloaded, the blocks group-offloaded (diffusers' hooks on
+    each block, which the cache wraps); on CPU both devices are the CPU, so the frames must not change."""
+    plain, _ = runs("ours", "--sr", "false", "--rel_l1_thresh", str(THRESH))
+    offloaded, _ = runs("ours", "--sr", "false", "--rel_l1_thresh", str(THRESH), "--offloading", "true",
+                        "--group_offloading", "true")
+    one, two = _report(plain)["stages"]["base"], _report(offloaded)["stages"]["base"]
+    assert _report(offloaded)["generate_args"]["group_offloading"] is True
+    assert two["computed_steps"] == one["computed_steps"] and two["skipped_steps"]
+    assert (_frames(plain) == _frames(offloaded)).all()
+
+
 # -- image-to-video, step-distilled (meanflow) ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("distilled", [False, True], ids=["i2v", "i2v_step_distilled"])
