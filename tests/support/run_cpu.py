@@ -137,8 +137,9 @@ class _Normalize:
         return (tensor - mean) / std
 
 
-def install_torchvision_stub() -> bool:
-    """Install a ``torchvision`` stub if the real one cannot be imported.
+def install_torchvision_stub(resize=None, **more_transforms) -> bool:
+    """Install a ``torchvision`` stub if the real one cannot be imported (``resize``: another ``Resize``;
+    ``more_transforms``: more names in ``torchvision.transforms``).
 
     Returns True if the stub was installed. transformers/diffusers are imported
     first so their "is torchvision available" checks still see no torchvision.
@@ -163,8 +164,9 @@ def install_torchvision_stub() -> bool:
     tv.utils = utils
     transforms = types.ModuleType("torchvision.transforms")  # what HunyuanVideo-I2V's image preprocessing uses
     transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", loader=None)
-    transforms.Compose, transforms.Resize, transforms.CenterCrop = _Compose, _Resize, _CenterCrop
+    transforms.Compose, transforms.Resize, transforms.CenterCrop = _Compose, resize or _Resize, _CenterCrop
     transforms.ToTensor, transforms.Normalize = (lambda: _to_tensor), _Normalize
+    vars(transforms).update(more_transforms)
     tv.transforms = transforms
     sys.modules["torchvision"] = tv
     sys.modules["torchvision.utils"] = utils
@@ -228,21 +230,27 @@ def prepare() -> None:
         _install_frame_dump(os.environ["HYVIDEO_CPU_SAVE_FRAMES"])
 
 
-def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_script(argv, prepare_first, usage: str) -> None:
+    """``python SCRIPT args`` after ``prepare_first()``: ``argv`` is ``[SCRIPT, *args]``; no argument or ``--help``
+    prints ``usage``."""
+    argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage)
         raise SystemExit(0 if argv else 2)
     script = Path(argv[0]).resolve()
     if not script.is_file():
-        raise SystemExit(f"run_cpu.py: no such script: {argv[0]}")
-    prepare()
+        raise SystemExit(f"{Path(sys.argv[0]).name}: no such script: {argv[0]}")
+    prepare_first()
     # Emulate `python SCRIPT`: sys.path[0] is the script's directory (not ours).
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p != here]
     sys.path.insert(0, str(script.parent))
     sys.argv = [str(script), *argv[1:]]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def main(argv=None) -> None:
+    run_script(sys.argv[1:] if argv is None else argv, prepare, __doc__)
 
 
 if __name__ == "__main__":

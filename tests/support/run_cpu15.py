@@ -50,14 +50,16 @@ exactly the array given to the encoder: comparable exactly, unlike the decoded m
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
-import runpy
 import sys
-import types
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from tests.support import run_cpu, xfuser_cpu  # noqa: E402
+
 _STANDIN_MARK = "_hyvideo15_cpu_standin"
 
 
@@ -90,36 +92,9 @@ class _Resize:
 
 
 def install_torchvision_stub() -> bool:
-    """Install a ``torchvision`` stub (``run_cpu.py``'s, with the 1.5 pipeline's ``Resize``) if the real one cannot
-    be imported. Returns True if the stub was installed. transformers/diffusers are imported first so that their
-    "is torchvision available" checks still see no torchvision."""
-    from tests.support import run_cpu
-
-    try:
-        import torchvision  # noqa: F401
-
-        return False
-    except Exception:  # ImportError, or RuntimeError from CUDA-only wheels
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    import diffusers  # noqa: F401
-    import transformers  # noqa: F401
-
-    tv = types.ModuleType("torchvision")
-    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", loader=None, is_package=True)
-    tv.__path__ = []
-    tv.__version__ = "0.0.0+hyvideo15-cpu-stub"
-    utils = types.ModuleType("torchvision.utils")
-    utils.__spec__ = importlib.machinery.ModuleSpec("torchvision.utils", loader=None)
-    utils.make_grid = run_cpu._make_grid
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", loader=None)
-    transforms.Compose, transforms.Resize, transforms.CenterCrop = run_cpu._Compose, _Resize, run_cpu._CenterCrop
-    transforms.ToTensor, transforms.Normalize = (lambda: run_cpu._to_tensor), run_cpu._Normalize
-    transforms.InterpolationMode = _InterpolationMode
-    tv.utils, tv.transforms = utils, transforms
-    sys.modules.update({"torchvision": tv, "torchvision.utils": utils, "torchvision.transforms": transforms})
-    return True
+    """``run_cpu.py``'s ``torchvision`` stub with the 1.5 pipeline's ``Resize`` and ``InterpolationMode``, if the
+    real one cannot be imported; True if the stub was installed."""
+    return run_cpu.install_torchvision_stub(resize=_Resize, InterpolationMode=_InterpolationMode)
 
 
 # -- 4. to 9. CUDA stand-ins -------------------------------------------------------------------------------------
@@ -137,24 +112,10 @@ def _vae_fp16_as_bf16() -> bool:
     return mode == "bf16"
 
 
-class _CpuDeviceTorch(types.ModuleType):
+class _CpuDeviceTorch(xfuser_cpu._CpuDeviceTorch):
     """``torch`` as one upstream module sees it: ``torch.device("cuda...")`` is the CPU and
     ``torch.autocast(device_type="cuda", ...)`` autocasts on the CPU (fp16 as bf16 unless
     ``HYVIDEO_CPU_VAE_FP16=keep``: the pipeline autocasts to fp16 only around the VAE)."""
-
-    def __init__(self):
-        super().__init__("torch")
-
-    def __getattr__(self, name):
-        import torch
-
-        return getattr(torch, name)
-
-    @staticmethod
-    def device(spec, *args):
-        import torch
-
-        return torch.device("cpu") if str(spec).startswith("cuda") else torch.device(spec, *args)
 
     @staticmethod
     def autocast(device_type, *args, **kwargs):
@@ -320,8 +281,6 @@ def add_hunyuanvideo15_to_path() -> Path:
 
 def prepare() -> None:
     """Everything the runner does before handing over to SCRIPT."""
-    if str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
     add_hunyuanvideo15_to_path()
     install_torchvision_stub()
     from tests.support import hyvideo15_cpu
@@ -335,20 +294,7 @@ def prepare() -> None:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
-    script = Path(argv[0]).resolve()
-    if not script.is_file():
-        raise SystemExit(f"run_cpu15.py: no such script: {argv[0]}")
-    prepare()
-    # Emulate `python SCRIPT`: sys.path[0] is the script's directory (not ours).
-    here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p != here]
-    sys.path.insert(0, str(script.parent))
-    sys.argv = [str(script), *argv[1:]]
-    runpy.run_path(str(script), run_name="__main__")
+    run_cpu.run_script(sys.argv[1:] if argv is None else argv, prepare, __doc__)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ transformer has ``use_meanflow`` False and no ``ideal_task`` (assumed; its real 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from typing import Dict, Iterable, List
 import torch
 
 from . import hyvideo_cpu as H
+from .tiny_checkpoints import _seeded  # seeds torch for one block, restoring the global state after
 
 DEFAULT_VERSIONS = ("480p_t2v", "480p_i2v", "480p_i2v_step_distilled")
 
@@ -113,14 +113,6 @@ def add_hunyuanvideo15_to_path() -> Path:
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     return path
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Seed torch's CPU RNG for one block (default initialisers draw from it), restoring the global state after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # -- text encoder (text_encoder/llm) ---------------------------------------------------------------------------------
