@@ -1085,8 +1085,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
               "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo (or sample_image2video.py "
-              "in Tencent/HunyuanVideo-I2V, generate.py in Tencent-Hunyuan/HunyuanVideo-1.5) and run it from there (or pass --diffusers-model to use diffusers' "
-              "HunyuanVideo pipelines)", file=sys.stderr)
+              "in Tencent/HunyuanVideo-I2V, generate.py in Tencent-Hunyuan/HunyuanVideo-1.5) and run it from there "
+              "(or pass --diffusers-model to use diffusers' HunyuanVideo pipelines)", file=sys.stderr)
         return 2
     package = Path(next(iter(importlib.util.find_spec("hyvideo").submodule_search_locations)))
     if not (package / "config.py").is_file() and (package / "commons" / "parallel_states.py").is_file():
@@ -1197,7 +1197,8 @@ def generate_main(argv: Sequence[str], root: Path) -> int:
     spec = importlib.util.spec_from_file_location("generate", root / "generate.py")
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)  # what `python generate.py` does before its main(): parallel state, device
-    missing = [n for n in ("main", "generate_video", "save_video", "HunyuanVideo_1_5_Pipeline") if not hasattr(generate, n)]
+    missing = [name for name in ("main", "generate_video", "save_video", "HunyuanVideo_1_5_Pipeline")
+               if not hasattr(generate, name)]
     if missing:
         parser.exit(2, f"teacache_sample_video.py: error: {root / 'generate.py'} has no {', '.join(missing)}: not the "
                        "Tencent-Hunyuan/HunyuanVideo-1.5 generate.py this file runs\n")

@@ -89,7 +89,7 @@ def _run_ours(*flags, cwd=None):
 
 def test_calibration_runs_uncached_and_is_identical_to_generate_py(runs):
     profile = runs.tmp / "v15.json"
-    video, log = runs("ours", "--sr", "false", "--teacache_calibrate", str(profile))
+    video, _ = runs("ours", "--sr", "false", "--teacache_calibrate", str(profile))
     upstream, _ = runs("generate.py", "--sr", "false")
     assert _frames(video).shape == (5, 480, 848, 3) and (_frames(video) == _frames(upstream)).all()
     report = _report(video)
@@ -173,8 +173,13 @@ def test_super_resolution_has_its_own_state_and_is_not_cached_by_default(runs):
     assert stages["sr"]["skipped_steps"] == [] and stages["sr"]["num_steps"] == 6  # upstream's 720p SR default
     assert stages["sr"]["model"] != stages["base"]["model"]  # another transformer, another state
     assert "sr stage: TeaCache" in log
-    exact, _ = runs("ours", "--rel_l1_thresh", "0")
+    # calibrating traces both stages uncached: generate.py's frames, and a profile per stage
+    profile = runs.tmp / "with_sr.json"
+    exact, _ = runs("ours", "--teacache_calibrate", str(profile))
     assert _frames(exact).shape[1:3] == (720, 1280) and (_frames(exact) == _frames(upstream)).all()
+    base, sr = (json.loads(p.read_text()) for p in (profile, profile.with_name("with_sr_sr.json")))
+    assert (base["setting"]["stage"], sr["setting"]["stage"]) == ("base", "sr")
+    assert (base["num_steps"], sr["num_steps"]) == (STEPS, 6) and sr["model"] == stages["sr"]["model"]
 
 
 def test_super_resolution_is_cached_with_its_own_threshold(runs):
