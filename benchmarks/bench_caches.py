@@ -3,9 +3,11 @@
 
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
 same prompt and seed. Methods: TeaCache (published coefficients, and coefficients fitted on separate
-calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted) and diffusers' own
-FirstBlockCache, MagCache (its ratios calibrated the same way) and TaylorSeerCache, each over a sweep of its
-setting. Three studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
+calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), diffusers' own
+FirstBlockCache, MagCache (its ratios calibrated the same way) and TaylorSeerCache, and, where cache-dit
+(``pip install -r requirements-bench.txt``) imports, its DBCache (``cachedit-dbcache``), DBCache with its
+TaylorSeer calibrator (``cachedit-dbcache-taylorseer``) and DBPrune (``cachedit-dbprune``), each over a sweep of
+its setting. Three studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
 (``interval-*``: the skip cap alone, threshold never reached), HunyuanVideo-1.5's built-in fixed schedule
 (``schedule-*``: ``generate.py --enable_cache``'s formula, at several intervals), and the baseline of every cache,
 the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
+import functools
 import io
 import ast
 import itertools
@@ -40,6 +44,9 @@ from pathlib import Path
 # before torch loads: OpenMP threads that spin-wait between ops make torch 4-6x slower when another process is
 # busy on the CPUs; a user's own OMP_WAIT_POLICY wins
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# cache-dit logs several lines each time a cache is attached or removed (here: every generation); a user's own
+# level wins
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")
 
 import numpy as np
 import torch
@@ -59,11 +66,111 @@ SAMPLER_STEPS = [6, 8, 10, 14, 19, 25, 100, 400]  # the plain sampler, no cache
 SCHEDULE_START_END, SCHEDULE_INTERVALS = (11, 45), [2, 3, 4, 6, 10]
 
 
+#: cache-dit (pip cache-dit): residual_diff_threshold sweep of DBCache (with and without TaylorSeer) and DBPrune
+#: (cache-dit's default threshold is 0.08; random weights skip only from about 0.5 on), and DBCache's
+#: (Fn_compute_blocks, Bn_compute_blocks) settings. cache-dit's default F8B0 needs 8 blocks per stack; HunyuanVideo
+#: has two stacks, and the shipped model only 2 dual-stream and 4 single-stream blocks (cache-dit asserts Fn <= the
+#: blocks of each stack), so F1: the first block of each stack always computed (2 of 6 blocks; HunyuanVideo's F8B0
+#: computes 16 of 60), B0 or B1 (the last block of each stack too: then a skipped step skips 2 single-stream blocks
+#: and no dual-stream block, whose 2 are the first and the last)
+CACHE_DIT_THRESHOLDS = [0.02, 0.05, 0.08, 0.15, 0.3, 0.5, 0.8]
+CACHE_DIT_FNBN = [(1, 0), (1, 1)]
+CACHE_DIT_METHODS = ("cachedit-dbcache", "cachedit-dbcache-taylorseer", "cachedit-dbprune")
+
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES)}
 
 
 class Steps(int):
     """A method setting: run the plain sampler with this many steps instead of the benchmark's."""
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_dit():
+    """(the cache_dit module, None), or (None, the import error as one line) where it does not import."""
+    try:
+        import cache_dit
+    except Exception as e:  # ImportError, or whatever a broken install raises
+        return None, f"{type(e).__name__}: {e}"
+    return cache_dit, None
+
+
+class CacheDit:
+    """A method setting: a cache-dit cache (``DBCacheConfig``, optionally with a calibrator such as
+    ``TaylorSeerCalibratorConfig``, or ``DBPruneConfig``) on the transformer for one generation.
+
+    The transformer is not a diffusers pipeline: cache-dit is attached through a ``BlockAdapter`` over its two
+    block stacks (``[transformer_blocks, single_transformer_blocks]``, ``ForwardPattern.Pattern_0`` each,
+    ``check_num_outputs=False``: cache-dit's own HunyuanVideo adapter). Each stack gets its own cache context and
+    decides on its own residual. ``attach`` makes fresh contexts (``num_inference_steps`` set to the generation's
+    steps) and ``detach`` removes them (``cache_dit.disable_cache``), so every generation starts from an empty cache
+    and the next method runs on the plain transformer. (cache-dit's automatic refresh by ``num_inference_steps``
+    alone does not suffice for back-to-back generations: in 1.5.3 it refreshes one step late, so a second
+    generation's first step still runs in the first one's context.)
+
+    Computed steps are counted as for the other methods, on the single-stream stack (its last block that a
+    skipped step skips ran; checked against ``cache_dit.summary`` after every generation): the dual-stream stack
+    decides on its own and may skip in some of those steps too (its cached steps are printed under the row). For
+    DBPrune, which skips single blocks, a computed step is one whose last block ran; the blocks pruned are printed.
+
+    cache-dit's defaults apart from the swept knobs: ``max_warmup_steps=8`` (steps 0-7 always computed),
+    ``warmup_interval=1``, ``max_cached_steps=-1`` and ``max_continuous_cached_steps=-1`` (no limits),
+    ``max_accumulated_residual_diff_threshold=None``, residuals cached (not hidden states), no
+    ``steps_computation_mask``, ``enable_separate_cfg`` False (one forward per step, as here); DBPrune:
+    ``enable_dynamic_prune_threshold=False``, ``non_prune_block_ids=[]``; TaylorSeer: order 1
+    (``taylorseer_order``'s default), on the hidden and the encoder stream's residuals."""
+
+    def __init__(self, cache_config, calibrator_config=None):
+        self.cache_config, self.calibrator_config = cache_config, calibrator_config
+        self.stats = None  # cache-dit's own stats of the last generation: {stack name: {...}}
+
+    @property
+    def counted_block(self) -> int:
+        """Which block from the end must run for a step to count as computed: the last one a skipped step skips
+        (cache-dit always runs the last ``Bn_compute_blocks`` of each stack)."""
+        return 1 + self.cache_config.Bn_compute_blocks
+
+    def attach(self, transformer, steps):
+        """cache-dit on ``transformer`` for a generation of ``steps`` steps; returns the adapter for ``detach``."""
+        cache_dit, error = _cache_dit()
+        if cache_dit is None:
+            raise RuntimeError(f"cache-dit does not import: {error}")
+        adapter = cache_dit.BlockAdapter(
+            transformer=transformer,
+            blocks=[transformer.transformer_blocks, transformer.single_transformer_blocks],
+            forward_pattern=[cache_dit.ForwardPattern.Pattern_0, cache_dit.ForwardPattern.Pattern_0],
+            check_forward_pattern=True, check_num_outputs=False)
+        config = copy.deepcopy(self.cache_config)  # cache-dit fills in fields of the config it is given
+        config.num_inference_steps = steps
+        return cache_dit.enable_cache(adapter, cache_config=config,
+                                      calibrator_config=copy.deepcopy(self.calibrator_config))
+
+    @staticmethod
+    def read_stats(transformer) -> dict:
+        """cache-dit's stats of the generation that just ended (``cache_dit.summary``), per block stack:
+        ``cached`` (steps in which the stack reused its cache, for DBPrune: pruned at least one block),
+        ``pruned`` (DBPrune: blocks pruned, all steps), ``blocks`` (DBPrune: blocks called, all steps)."""
+        cache_dit, _ = _cache_dit()
+        stats = {}
+        # one entry per block stack, then the transformer's (the last stack's stats again)
+        for s in cache_dit.summary(transformer, logging=False)[:-1]:
+            stats[s.cache_options["name"].rsplit("_", 1)[0]] = dict(
+                cached=len(s.cached_steps), pruned=sum(s.pruned_blocks), blocks=sum(s.actual_blocks))
+        return stats
+
+    def check(self, computed, steps):
+        """The benchmark's count of computed steps against cache-dit's own stats of the same generation."""
+        last = self.stats["single_transformer_blocks"]
+        if isinstance(self.cache_config, _cache_dit()[0].DBPruneConfig):
+            # a step without any pruned block ran the last block; one with some may have run it too
+            ok = steps - last["cached"] <= computed <= steps
+        else:
+            ok = computed == steps - last["cached"]
+        if not ok:
+            raise RuntimeError(f"computed {computed}/{steps} steps, but cache-dit reports {self.stats}")
+
+    @staticmethod
+    def detach(adapter):
+        _cache_dit()[0].disable_cache(adapter)
 
 
 # -- subjects: what is generated --------------------------------------------------------------------------------
@@ -124,11 +231,12 @@ class Random:
 
 # -- methods ----------------------------------------------------------------------------------------------------
 
-def computed_counter(transformer):
-    """Counts transformer calls whose last block really ran (its attention's query projection is called)."""
+def computed_counter(transformer, from_end=1):
+    """Counts transformer calls whose last block (or the ``from_end``-th from the end) really ran (its attention's
+    query projection is called)."""
     blocks = list(transformer.single_transformer_blocks) or list(transformer.transformer_blocks)
     count = [0]
-    blocks[-1].attn.to_q.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    blocks[-from_end].attn.to_q.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
     return count
 
 
@@ -191,17 +299,50 @@ def methods(subject, profile, mag_ratios, quick):
     for interval in pick([2, 3, 4, 5, 6]):
         yield "diffusers-taylorseer", interval, TaylorSeerCacheConfig(
             cache_interval=interval, disable_cache_before_step=3, taylor_factors_dtype=torch.float32)
+    yield from cache_dit_methods(quick)
+
+
+def cache_dit_methods(quick):
+    """cache-dit's DBCache (Fn/Bn settings, each over its threshold sweep), the same with its TaylorSeer
+    calibrator (order 1), and DBPrune (F1B0: the first block of each stack never pruned), as (name, setting,
+    ``CacheDit``); none where cache-dit does not import. Every other threshold with ``quick``."""
+    cache_dit, _ = _cache_dit()
+    if cache_dit is None:
+        return
+    thresholds = CACHE_DIT_THRESHOLDS[::2] if quick else CACHE_DIT_THRESHOLDS
+    for name, calibrator in (("cachedit-dbcache", None),
+                             ("cachedit-dbcache-taylorseer", lambda: cache_dit.TaylorSeerCalibratorConfig(
+                                 taylorseer_order=1))):
+        for fn, bn in CACHE_DIT_FNBN:
+            for thresh in thresholds:
+                yield name, f"F{fn}B{bn}:{thresh}", CacheDit(
+                    cache_dit.DBCacheConfig(Fn_compute_blocks=fn, Bn_compute_blocks=bn,
+                                            residual_diff_threshold=thresh),
+                    calibrator() if calibrator else None)
+    for thresh in thresholds:
+        yield "cachedit-dbprune", f"F1B0:{thresh}", CacheDit(
+            cache_dit.DBPruneConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=thresh))
 
 
 def generate(subject, config, run):
-    """One generation with ``config`` (None, TeaCache kwargs, a diffusers cache config or ``Steps``); (output,
-    seconds)."""
+    """One generation with ``config`` (None, TeaCache kwargs, a diffusers cache config, ``CacheDit`` or
+    ``Steps``); (output, seconds)."""
     t = subject.transformer
     cache = None
     if isinstance(config, Steps):
         start = time.perf_counter()
         out = subject.run(run, steps=int(config))
         return out, time.perf_counter() - start
+    if isinstance(config, CacheDit):
+        adapter = config.attach(t, subject.steps)
+        try:
+            start = time.perf_counter()
+            out = subject.run(run)
+            seconds = time.perf_counter() - start
+            config.stats = config.read_stats(t)
+            return out, seconds
+        finally:
+            config.detach(adapter)
     if isinstance(config, dict):
         cache = tc.enable_teacache(t, **config)
     elif config is not None:
@@ -267,9 +408,13 @@ def main() -> int:
         return _fail(f"{existing[0]} exists: pass --overwrite to replace it, or --out another path")
     if not args.no_plot and not _have_matplotlib():
         return _fail("the plot needs matplotlib: pip install -r requirements-bench.txt (or pass --no-plot)")
+    wanted = [name for name in CACHE_DIT_METHODS if not args.methods or name in args.methods]
+    if wanted and _cache_dit()[0] is None:
+        print(f"skipping {', '.join(wanted)}: cache-dit does not import ({_cache_dit()[1]}); "
+              "pip install -r requirements-bench.txt", flush=True)
     torch.manual_seed(0)
     subject = (Trained if args.model == "trained" else Random)(args.steps)
-    counter = computed_counter(subject.transformer)
+    counters = {1: computed_counter(subject.transformer)}
     profile, mag_ratios = calibrate(subject)
 
     baseline, rows = {}, []
@@ -277,13 +422,20 @@ def main() -> int:
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
         if name not in ("none", *(args.methods or [])) and (args.methods or name in STUDIES):
             continue
-        psnrs, ssims, walls, base_walls, computed, same = [], [], [], [], [], []
+        psnrs, ssims, walls, base_walls, computed, same, cd_stats = [], [], [], [], [], [], []
+        from_end = config.counted_block if isinstance(config, CacheDit) else 1
+        if from_end not in counters:
+            counters[from_end] = computed_counter(subject.transformer, from_end)
+        counter = counters[from_end]
         for run in subject.eval_runs:
             times, base_times = [], []
             for _ in range(args.repeats):
                 counter[0] = 0
                 out, seconds = generate(subject, config, run)
                 n = counter[0]
+                if isinstance(config, CacheDit):
+                    config.check(n, args.steps)
+                    cd_stats.append(config.stats)
                 times.append(seconds)
                 if name != "none":  # the uncached run again, right after: a shared machine's speed drifts
                     base_times.append(generate(subject, None, run)[1])
@@ -309,6 +461,8 @@ def main() -> int:
         print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
+        if cd_stats:  # cache-dit's own stats, per block stack, mean over runs
+            print(" " * 46 + "cache-dit: " + _cache_dit_stats(cd_stats, args.steps), flush=True)
 
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as f:
@@ -319,6 +473,20 @@ def main() -> int:
         plot(rows, csv_path.with_suffix(".png"), f"{args.model} model, {args.steps} steps")
     print(f"wrote {' and '.join(map(str, written))}")
     return 0
+
+
+def _cache_dit_stats(stats, steps) -> str:
+    """cache-dit's own stats of a method's runs, per block stack, mean over the runs: steps that reused the
+    cache (DBCache), blocks pruned (DBPrune)."""
+    parts = []
+    for stack in stats[0]:
+        label = {"transformer_blocks": "dual-stream", "single_transformer_blocks": "single-stream"}.get(stack, stack)
+        if stats[0][stack]["blocks"]:
+            parts.append(f"{label} pruned {np.mean([s[stack]['pruned'] for s in stats]):.1f}/"
+                         f"{stats[0][stack]['blocks']} blocks")
+        else:
+            parts.append(f"{label} cached {np.mean([s[stack]['cached'] for s in stats]):.1f}/{steps} steps")
+    return ", ".join(parts)
 
 
 def _fail(message: str) -> int:
@@ -355,8 +523,12 @@ def plot(rows, path, title):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharey="row")
-    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
-        mine = [r for r in rows if r["method"] == name and float(r["computed"]) <= float(r["steps"])]
+
+    def curve(r):  # cache-dit's DBCache: one curve per Fn/Bn setting
+        return f"{r['method']} {r['setting'].split(':')[0]}" if r["method"].startswith("cachedit-") else r["method"]
+
+    for name in dict.fromkeys(curve(r) for r in rows if r["method"] != "none"):
+        mine = [r for r in rows if curve(r) == name and float(r["computed"]) <= float(r["steps"])]
         for (i, key), (j, speed) in itertools.product(enumerate(("psnr", "ssim")), enumerate(("ideal", "measured"))):
             x = [float(r["steps"]) / float(r["computed"]) if speed == "ideal" else float(r["speedup"]) for r in mine]
             axes[i][j].plot(x, [float(r[key]) for r in mine], marker="o", label=name)
