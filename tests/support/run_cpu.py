@@ -189,20 +189,26 @@ def _install_tensor_dump(out_dir: str) -> None:
 
 
 def _install_frame_dump(out_dir: str) -> None:
-    """Every video written through ``imageio.mimsave`` (upstream's ``save_videos_grid`` and our ``save_video``)
-    also goes to ``out_dir/<video name>.npy`` as the uint8 frames given to the encoder: comparable exactly, unlike
-    the decoded mp4 (H.264 turns a one-level difference in noisy frames into tens of levels)."""
+    """Every video written through ``imageio.mimsave`` / ``imageio.mimwrite`` (upstream's ``save_videos_grid``,
+    HunyuanVideo-1.5's ``save_video`` and our ``save_video``) also goes to ``out_dir/<video name>.npy`` as the uint8
+    frames given to the encoder: comparable exactly, unlike the decoded mp4 (H.264 turns a one-level difference in
+    noisy frames into tens of levels). Idempotent."""
     import imageio
     import numpy as np
 
-    original = imageio.mimsave
+    def dumping(original):
+        def write(uri, ims, *args, **kwargs):
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            frames = np.stack([np.asarray(im) for im in ims])
+            np.save(Path(out_dir) / (Path(str(uri)).stem + ".npy"), frames)
+            return original(uri, frames, *args, **kwargs)
 
-    def mimsave(uri, ims, *args, **kwargs):
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        np.save(Path(out_dir) / (Path(str(uri)).stem + ".npy"), np.stack([np.asarray(im) for im in ims]))
-        return original(uri, ims, *args, **kwargs)
+        write._frame_dump = True
+        return write
 
-    imageio.mimsave = mimsave
+    for name in ("mimsave", "mimwrite"):
+        if not getattr(getattr(imageio, name), "_frame_dump", False):
+            setattr(imageio, name, dumping(getattr(imageio, name)))
 
 
 def prepare() -> None:

@@ -58,7 +58,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from tests.support import run_cpu, xfuser_cpu  # noqa: E402
+from tests.support import run_cpu, tiny_v15_base, xfuser_cpu  # noqa: E402
 
 _STANDIN_MARK = "_hyvideo15_cpu_standin"
 
@@ -245,43 +245,12 @@ def install_pipeline_cpu_redirect() -> bool:
     return True
 
 
-# -- frames --------------------------------------------------------------------------------------------------------
-def _install_frame_dump(out_dir: str) -> None:
-    """Every video written through ``imageio.mimwrite`` / ``imageio.mimsave`` also goes to
-    ``out_dir/<video stem>.npy``: the uint8 frames given to the encoder, as one array."""
-    import imageio
-    import numpy as np
-
-    def dumping(original):
-        def write(uri, ims, *args, **kwargs):
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            frames = np.stack([np.asarray(im) for im in ims])
-            np.save(Path(out_dir) / (Path(str(uri)).stem + ".npy"), frames)
-            return original(uri, frames, *args, **kwargs)
-
-        setattr(write, _STANDIN_MARK, True)
-        return write
-
-    for name in ("mimwrite", "mimsave"):
-        if not getattr(getattr(imageio, name), _STANDIN_MARK, False):
-            setattr(imageio, name, dumping(getattr(imageio, name)))
-
-
-def add_hunyuanvideo15_to_path() -> Path:
-    root = os.environ.get("HUNYUANVIDEO_15_ROOT", "").strip()
-    if not root:
-        raise SystemExit("run_cpu15.py: HUNYUANVIDEO_15_ROOT is not set (a Tencent-Hunyuan/HunyuanVideo-1.5 checkout)")
-    path = Path(root).expanduser().resolve()
-    if not (path / "hyvideo" / "models" / "transformers" / "hunyuanvideo_1_5_transformer.py").is_file():
-        raise SystemExit(f"run_cpu15.py: HUNYUANVIDEO_15_ROOT={root!r} is not a HunyuanVideo-1.5 checkout")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    return path
-
-
 def prepare() -> None:
     """Everything the runner does before handing over to SCRIPT."""
-    add_hunyuanvideo15_to_path()
+    try:
+        tiny_v15_base.add_hunyuanvideo15_to_path()
+    except RuntimeError as e:
+        raise SystemExit(f"run_cpu15.py: {e}") from None
     install_torchvision_stub()
     from tests.support import hyvideo15_cpu
 
@@ -290,7 +259,7 @@ def prepare() -> None:
     install_pipeline_cpu_redirect()
     install_cuda_autocast_fp32_ops()
     if os.environ.get("HYVIDEO_CPU_SAVE_FRAMES"):
-        _install_frame_dump(os.environ["HYVIDEO_CPU_SAVE_FRAMES"])
+        run_cpu._install_frame_dump(os.environ["HYVIDEO_CPU_SAVE_FRAMES"])
 
 
 def main(argv=None) -> None:
