@@ -4,16 +4,18 @@
 Every method runs the same prompts and seeds; each output is compared with the uncached output of the
 same prompt and seed. Methods: TeaCache (published coefficients, and coefficients fitted on separate
 calibration prompts aimed at target speedups; rules reuse, extrapolate and fitted), diffusers' own
-FirstBlockCache, MagCache (its ratios calibrated the same way) and TaylorSeerCache, and, where cache-dit
-(``pip install -r requirements-bench.txt``) imports, its DBCache (``cachedit-dbcache``), DBCache with its
-TaylorSeer calibrator (``cachedit-dbcache-taylorseer``) and DBPrune (``cachedit-dbprune``), each over a sweep of
-its setting. Three studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
+FirstBlockCache, MagCache (its ratios calibrated the same way), TaylorSeerCache, FasterCache and
+PyramidAttentionBroadcast (attention reuse only), and, where they import (``pip install -r
+requirements-bench.txt``), cache-dit's DBCache (``cachedit-dbcache``), DBCache with its TaylorSeer calibrator
+(``cachedit-dbcache-taylorseer``) and DBPrune (``cachedit-dbprune``), and ParaAttention's first-block cache
+(``para-attn-fbcache``), each over a sweep of its setting. Three studies run only when named in ``--methods``: TeaCache's rules on fixed intervals
 (``interval-*``: the skip cap alone, threshold never reached), HunyuanVideo-1.5's built-in fixed schedule
 (``schedule-*``: ``generate.py --enable_cache``'s formula, at several intervals), and the baseline of every cache,
 the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
 reference itself is from the converged sampler).
 
-    python3 benchmarks/bench_caches.py --model trained   # the shipped trained model (assets/)
+    python3 benchmarks/bench_caches.py --model trained   # the first shipped model (HunyuanVideo's transformer)
+    python3 benchmarks/bench_caches.py --model scenes    # the second (HunyuanVideo 1.5's), harder content
     python3 benchmarks/bench_caches.py --model random    # a mid-size random-weight transformer
 
 Prints a table (computed steps = transformer calls whose block stack really ran, mean over runs; speedup =
@@ -98,19 +100,21 @@ class CacheDit:
     """A method setting: a cache-dit cache (``DBCacheConfig``, optionally with a calibrator such as
     ``TaylorSeerCalibratorConfig``, or ``DBPruneConfig``) on the transformer for one generation.
 
-    The transformer is not a diffusers pipeline: cache-dit is attached through a ``BlockAdapter`` over its two
-    block stacks (``[transformer_blocks, single_transformer_blocks]``, ``ForwardPattern.Pattern_0`` each,
-    ``check_num_outputs=False``: cache-dit's own HunyuanVideo adapter). Each stack gets its own cache context and
+    The transformer is not a diffusers pipeline: cache-dit is attached through a ``BlockAdapter`` over its block
+    stacks (HunyuanVideo: ``[transformer_blocks, single_transformer_blocks]``; 1.5: ``[transformer_blocks]``),
+    ``ForwardPattern.Pattern_0`` each, ``check_num_outputs=False``: cache-dit's own HunyuanVideo adapter). Each
+    stack gets its own cache context and
     decides on its own residual. ``attach`` makes fresh contexts (``num_inference_steps`` set to the generation's
     steps) and ``detach`` removes them (``cache_dit.disable_cache``), so every generation starts from an empty cache
     and the next method runs on the plain transformer. (cache-dit's automatic refresh by ``num_inference_steps``
     alone does not suffice for back-to-back generations: in 1.5.3 it refreshes one step late, so a second
     generation's first step still runs in the first one's context.)
 
-    Computed steps are counted as for the other methods, on the single-stream stack (its last block that a
-    skipped step skips ran; checked against ``cache_dit.summary`` after every generation): the dual-stream stack
-    decides on its own and may skip in some of those steps too (its cached steps are printed under the row). For
-    DBPrune, which skips single blocks, a computed step is one whose last block ran; the blocks pruned are printed.
+    Computed steps are counted as for the other methods, on the last stack (HunyuanVideo's single-stream blocks:
+    its last block that a skipped step skips ran; checked against ``cache_dit.summary`` after every generation):
+    HunyuanVideo's dual-stream stack decides on its own and may skip in some of those steps too (its cached steps
+    are printed under the row). For DBPrune, which skips blocks, a computed step is one whose last block ran; the
+    blocks pruned are printed.
 
     cache-dit's defaults apart from the swept knobs: ``max_warmup_steps=8`` (steps 0-7 always computed),
     ``warmup_interval=1``, ``max_cached_steps=-1`` and ``max_continuous_cached_steps=-1`` (no limits),
@@ -122,6 +126,7 @@ class CacheDit:
     def __init__(self, cache_config, calibrator_config=None):
         self.cache_config, self.calibrator_config = cache_config, calibrator_config
         self.stats = None  # cache-dit's own stats of the last generation: {stack name: {...}}
+        self.stacks = None  # the names of the block stacks it was attached to
 
     @property
     def counted_block(self) -> int:
@@ -134,15 +139,21 @@ class CacheDit:
         cache_dit, error = _cache_dit()
         if cache_dit is None:
             raise RuntimeError(f"cache-dit does not import: {error}")
+        self.stacks = stacks = block_stacks(transformer)
         adapter = cache_dit.BlockAdapter(
-            transformer=transformer,
-            blocks=[transformer.transformer_blocks, transformer.single_transformer_blocks],
-            forward_pattern=[cache_dit.ForwardPattern.Pattern_0, cache_dit.ForwardPattern.Pattern_0],
+            transformer=transformer, blocks=[getattr(transformer, name) for name in stacks],
+            forward_pattern=[cache_dit.ForwardPattern.Pattern_0] * len(stacks),
             check_forward_pattern=True, check_num_outputs=False)
         config = copy.deepcopy(self.cache_config)  # cache-dit fills in fields of the config it is given
         config.num_inference_steps = steps
         return cache_dit.enable_cache(adapter, cache_config=config,
                                       calibrator_config=copy.deepcopy(self.calibrator_config))
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def finish(self, transformer):
+        self.stats = self.read_stats(transformer)
 
     @staticmethod
     def read_stats(transformer) -> dict:
@@ -159,7 +170,7 @@ class CacheDit:
 
     def check(self, computed, steps):
         """The benchmark's count of computed steps against cache-dit's own stats of the same generation."""
-        last = self.stats["single_transformer_blocks"]
+        last = self.stats[self.stacks[-1]]
         if isinstance(self.cache_config, _cache_dit()[0].DBPruneConfig):
             # a step without any pruned block ran the last block; one with some may have run it too
             ok = steps - last["cached"] <= computed <= steps
@@ -173,34 +184,163 @@ class CacheDit:
         _cache_dit()[0].disable_cache(adapter)
 
 
+@functools.lru_cache(maxsize=None)
+def _para_attn():
+    """(para_attn's first-block-cache utils, None), or (None, the import error as one line)."""
+    try:
+        from para_attn.first_block_cache import utils
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    return utils, None
+
+
+class ParaAttention:
+    """A method setting: ParaAttention's first-block cache (pip ``para-attn``) at ``residual_diff_threshold``.
+
+    ParaAttention's own adapter (``para_attn.first_block_cache.diffusers_adapters.apply_cache_on_transformer``) does
+    not run on diffusers 0.38 (see ``PARA_ATTN_ADAPTER_ERRORS``): it replaces the transformer's forward with a copy
+    of an older diffusers forward. Its cache itself, ``utils.CachedTransformerBlocks`` (the decision on the first
+    block's residual, the reuse of the other blocks' residuals), is used here the way that adapter uses it, around
+    diffusers' own forward: during each call all blocks (HunyuanVideo: dual- then single-stream, merged into one list
+    as the adapter merges them) run inside one ``CachedTransformerBlocks``. Its state lives in a context of its own:
+    a fresh ``create_cache_context`` per generation is the reset. Its defaults: no warm-up steps, step 0 always
+    computed, the decision on block 0's hidden-states residual (mean |change| / mean |previous| < threshold)."""
+
+    counted_block = 1
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def attach(self, transformer, steps):
+        fbc, error = _para_attn()
+        if fbc is None:
+            raise RuntimeError(f"para-attn does not import: {error}")
+        import unittest.mock
+
+        stacks = block_stacks(transformer)
+        merged = torch.nn.ModuleList([fbc.CachedTransformerBlocks(
+            [b for name in stacks for b in getattr(transformer, name)], transformer=None)])
+        swap = {stacks[0]: merged, **{name: torch.nn.ModuleList() for name in stacks[1:]}}
+        forward = transformer.forward
+
+        def cached_forward(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                for name, blocks in swap.items():
+                    stack.enter_context(unittest.mock.patch.object(transformer, name, blocks))
+                return forward(*args, **kwargs)
+
+        transformer.forward = cached_forward  # an instance attribute, removed by detach
+        return transformer
+
+    def context(self):
+        fbc = _para_attn()[0]
+        return fbc.cache_context(fbc.create_cache_context(residual_diff_threshold=self.threshold))
+
+    def finish(self, transformer):
+        pass
+
+    @staticmethod
+    def detach(transformer):
+        del transformer.forward
+
+
+#: ParaAttention 0.3.38's own HunyuanVideo adapter on diffusers 0.38, as run here (why ``ParaAttention`` wraps its
+#: cache around diffusers' forward instead)
+PARA_ATTN_ADAPTER_ERRORS = {
+    "HunyuanVideoTransformer3DModel": "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x1 and 64x128) "
+                                      "(para_attn/first_block_cache/diffusers_adapters/hunyuan_video.py:94, "
+                                      "time_text_embed(timestep, guidance, pooled_projections): an older diffusers "
+                                      "argument order, at the first call)",
+    "HunyuanVideo15Transformer3DModel": "AttributeError: 'HunyuanVideo15Transformer3DModel' object has no attribute "
+                                        "'single_transformer_blocks' (hunyuan_video.py:25, in "
+                                        "apply_cache_on_transformer; there is no 1.5 adapter)",
+}
+
+
+class TimestepCache:
+    """A method setting: a diffusers cache that asks for the current timestep (``FasterCacheConfig``,
+    ``PyramidAttentionBroadcastConfig``): ``make(callback)`` builds its config, the callback reads the timestep of
+    the transformer call under way (a forward pre-hook records it). Both reuse attention outputs only (FasterCache:
+    extrapolated from the last two), so every step still runs every block: their computed steps stay at the full
+    count, and their gain is in wall time only."""
+
+    counted_block, counted_on = 1, "block"
+
+    def __init__(self, make):
+        self.make, self.now = make, None
+
+    def attach(self, transformer, steps):
+        hooks = [transformer.register_forward_pre_hook(
+            lambda _, args, kwargs: setattr(self, "now", float(kwargs["timestep"].flatten()[0])), with_kwargs=True)]
+        # attention calls in the block stacks, and those that really computed (their query projection ran)
+        self.calls = {"attention": 0, "computed": 0}
+        for name in block_stacks(transformer):
+            for block in getattr(transformer, name):
+                for key, module in (("attention", block.attn), ("computed", block.attn.to_q)):
+                    hooks.append(module.register_forward_pre_hook(
+                        lambda *_, k=key: self.calls.__setitem__(k, self.calls[k] + 1)))
+        if hasattr(transformer, "_diffusers_hook"):  # see generate()
+            transformer._diffusers_hook._child_registries_cache = None
+        from diffusers.utils import logging
+
+        level = logging.get_verbosity()
+        logging.set_verbosity_error()  # FasterCache warns that it is experimental at every enable_cache
+        try:
+            transformer.enable_cache(self.make(lambda: self.now))
+        finally:
+            logging.set_verbosity(level)
+        transformer._reset_stateful_cache()  # its per-hook step counters start at 0
+        return hooks
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def finish(self, transformer):
+        transformer._reset_stateful_cache()
+        transformer.disable_cache()
+
+    @staticmethod
+    def detach(hooks):
+        for hook in hooks:
+            hook.remove()
+
+
 # -- subjects: what is generated --------------------------------------------------------------------------------
 
 class Trained:
-    """The shipped trained TinyHunyuanVideo; outputs are videos in [0, 1]."""
+    """A shipped trained model; outputs are videos in [0, 1]. ``shapes``: TinyHunyuanVideo (HunyuanVideo's
+    transformer, one shape on a plain background); ``scenes``: TinyHunyuanVideo15 (HunyuanVideo 1.5's transformer,
+    two crossing objects on a textured panning background)."""
 
-    def __init__(self, steps):
-        from tinyhv import data
-        from tinyhv.model import TinyHunyuanVideo
+    def __init__(self, steps, kind="shapes"):
+        from tinyhv import data, scenes
+        from tinyhv.model import TinyHunyuanVideo, TinyHunyuanVideo15
 
-        self.model = TinyHunyuanVideo.from_pretrained()
+        self.kind = kind
+        self.model = (TinyHunyuanVideo if kind == "shapes" else TinyHunyuanVideo15).from_pretrained()
         self.transformer, self.steps, self.data_range = self.model.transformer, steps, 1.0
-        train, held_out = data.split()
-        # evaluation: every held-out colour+shape+direction triple, sizes and backgrounds alternating
-        self.eval_runs = [(held_out[5 * i % len(held_out)].prompt, 1000 + i) for i in range(8)]
-        # calibration (TeaCache profile, MagCache ratios): other prompts and seeds, from the training combinations
+        train, held_out = (data if kind == "shapes" else scenes).split()
+        # evaluation: 8 held-out combinations spread over all of them; calibration (TeaCache profile, MagCache
+        # ratios): 4 training combinations, other seeds
+        stride = 5 if kind == "shapes" else 37
+        self.eval_runs = [(held_out[stride * i % len(held_out)].prompt, 1000 + i) for i in range(8)]
         self.calib_runs = [(a.prompt, 2000 + i) for i, a in enumerate(train[::41][:4])]
 
     def run(self, prompt_seed, cache=None, steps=None):
         prompt, seed = prompt_seed
         return self.model.generate(prompt, seed=seed, num_steps=steps or self.steps, cache=cache)
 
-    @staticmethod
-    def same_content(out, ref) -> bool:
-        """The automatic judge of the quality bar reads the same colour, shape and direction in both clips."""
-        from tinyhv.evaluate import BAR_ATTRIBUTES, describe
+    def same_content(self, out, ref) -> bool:
+        """The automatic judge of the model's quality bar reads the same content in both clips (shapes: colour,
+        shape and direction; scenes: all seven fields of the caption)."""
+        if self.kind == "shapes":
+            from tinyhv.evaluate import BAR_ATTRIBUTES as fields, describe
+        else:
+            from tinyhv.evaluate_scenes import describe
+            from tinyhv.scenes import FIELDS as fields
 
         a, b = describe(out), describe(ref)
-        return all(a[k] == b[k] for k in BAR_ATTRIBUTES)
+        return all(a[k] == b[k] for k in fields)
 
 
 class Random:
@@ -231,12 +371,20 @@ class Random:
 
 # -- methods ----------------------------------------------------------------------------------------------------
 
-def computed_counter(transformer, from_end=1):
-    """Counts transformer calls whose last block (or the ``from_end``-th from the end) really ran (its attention's
-    query projection is called)."""
-    blocks = list(transformer.single_transformer_blocks) or list(transformer.transformer_blocks)
+def block_stacks(transformer):
+    """The names of the transformer's block stacks, in call order: HunyuanVideo's dual- then single-stream blocks,
+    HunyuanVideo 1.5's dual-stream blocks only."""
+    return [name for name in ("transformer_blocks", "single_transformer_blocks") if getattr(transformer, name, None)]
+
+
+def computed_counter(transformer, from_end=1, on="query"):
+    """Counts transformer calls whose last block (or the ``from_end``-th from the end) really ran: its attention's
+    query projection is called (``on="query"``), or, for the caches that reuse attention outputs inside a block
+    that runs (``on="block"``), the block is called."""
+    block = list(getattr(transformer, block_stacks(transformer)[-1]))[-from_end]
     count = [0]
-    blocks[-from_end].attn.to_q.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    (block.attn.to_q if on == "query" else block).register_forward_pre_hook(
+        lambda *_: count.__setitem__(0, count[0] + 1))
     return count
 
 
@@ -251,6 +399,9 @@ def calibrate(subject):
     profile = tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps})
     from diffusers import MagCacheConfig
 
+    if not getattr(subject.transformer, "single_transformer_blocks", None):
+        register_hunyuanvideo15_block()
+
     ratios = []
     for run in subject.calib_runs:
         subject.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=subject.steps))
@@ -263,8 +414,21 @@ def calibrate(subject):
     return profile, np.mean(ratios, axis=0).tolist()
 
 
+@functools.lru_cache(maxsize=None)
+def register_hunyuanvideo15_block():
+    """diffusers 0.38's block caches (FirstBlockCache, MagCache) refuse HunyuanVideo 1.5's block ("Model class
+    HunyuanVideo15TransformerBlock not registered"); it returns ``(hidden_states, encoder_hidden_states)`` as
+    HunyuanVideo's dual-stream block does, so it is registered with that block's metadata."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+    from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15TransformerBlock
+
+    TransformerBlockRegistry.register(model_class=HunyuanVideo15TransformerBlock, metadata=TransformerBlockMetadata(
+        return_hidden_states_index=0, return_encoder_hidden_states_index=1))
+
+
 def methods(subject, profile, mag_ratios, quick):
-    from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+    from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
+                           TaylorSeerCacheConfig)
 
     steps = subject.steps
     pick = (lambda xs: xs[::2]) if quick else (lambda xs: xs)
@@ -299,6 +463,18 @@ def methods(subject, profile, mag_ratios, quick):
     for interval in pick([2, 3, 4, 5, 6]):
         yield "diffusers-taylorseer", interval, TaylorSeerCacheConfig(
             cache_interval=interval, disable_cache_before_step=3, taylor_factors_dtype=torch.float32)
+    for interval in pick([2, 3, 4]):  # attention reuse: FasterCache (extrapolated) and PAB, their timestep ranges
+        yield "diffusers-fastercache", interval, TimestepCache(lambda now, n=interval: FasterCacheConfig(
+            spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=(-1, 681),
+            current_timestep_callback=now, attention_weight_callback=lambda _: 0.5, is_guidance_distilled=True))
+    for interval in pick([2, 3, 4, 6]):
+        yield "diffusers-pab", interval, TimestepCache(lambda now, n=interval: PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=(100, 800),
+            spatial_attention_block_identifiers=("^transformer_blocks\\.", "^single_transformer_blocks\\."),
+            current_timestep_callback=now))
+    if _para_attn()[0] is not None:
+        for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8]):
+            yield "para-attn-fbcache", thresh, ParaAttention(thresh)
     yield from cache_dit_methods(quick)
 
 
@@ -325,24 +501,25 @@ def cache_dit_methods(quick):
 
 
 def generate(subject, config, run):
-    """One generation with ``config`` (None, TeaCache kwargs, a diffusers cache config, ``CacheDit`` or
-    ``Steps``); (output, seconds)."""
+    """One generation with ``config`` (None, TeaCache kwargs, a diffusers cache config, a peer with ``attach``:
+    ``CacheDit``, ``ParaAttention``, ``TimestepCache``, or ``Steps``); (output, seconds)."""
     t = subject.transformer
     cache = None
     if isinstance(config, Steps):
         start = time.perf_counter()
         out = subject.run(run, steps=int(config))
         return out, time.perf_counter() - start
-    if isinstance(config, CacheDit):
-        adapter = config.attach(t, subject.steps)
+    if hasattr(config, "attach"):  # a peer attached for this generation only: cache-dit, ParaAttention, ...
+        handle = config.attach(t, subject.steps)
         try:
-            start = time.perf_counter()
-            out = subject.run(run)
-            seconds = time.perf_counter() - start
-            config.stats = config.read_stats(t)
+            with config.context():
+                start = time.perf_counter()
+                out = subject.run(run)
+                seconds = time.perf_counter() - start
+            config.finish(t)
             return out, seconds
         finally:
-            config.detach(adapter)
+            config.detach(handle)
     if isinstance(config, dict):
         cache = tc.enable_teacache(t, **config)
     elif config is not None:
@@ -366,7 +543,9 @@ def generate(subject, config, run):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["trained", "random"], default="trained")
+    parser.add_argument("--model", choices=["trained", "scenes", "random"], default="trained",
+                        help="trained: the first shipped model (HunyuanVideo's transformer); scenes: the second "
+                             "(HunyuanVideo 1.5's); random: a mid-size random-weight HunyuanVideo transformer")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
     parser.add_argument("--quick", action="store_true",
@@ -412,9 +591,13 @@ def main() -> int:
     if wanted and _cache_dit()[0] is None:
         print(f"skipping {', '.join(wanted)}: cache-dit does not import ({_cache_dit()[1]}); "
               "pip install -r requirements-bench.txt", flush=True)
+    if (not args.methods or "para-attn-fbcache" in args.methods) and _para_attn()[0] is None:
+        print(f"skipping para-attn-fbcache: para-attn does not import ({_para_attn()[1]}); "
+              "pip install -r requirements-bench.txt", flush=True)
     torch.manual_seed(0)
-    subject = (Trained if args.model == "trained" else Random)(args.steps)
-    counters = {1: computed_counter(subject.transformer)}
+    subject = Random(args.steps) if args.model == "random" else Trained(
+        args.steps, "shapes" if args.model == "trained" else "scenes")
+    counters = {(1, "query"): computed_counter(subject.transformer)}
     profile, mag_ratios = calibrate(subject)
 
     baseline, rows = {}, []
@@ -422,11 +605,11 @@ def main() -> int:
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
         if name not in ("none", *(args.methods or [])) and (args.methods or name in STUDIES):
             continue
-        psnrs, ssims, walls, base_walls, computed, same, cd_stats = [], [], [], [], [], [], []
-        from_end = config.counted_block if isinstance(config, CacheDit) else 1
-        if from_end not in counters:
-            counters[from_end] = computed_counter(subject.transformer, from_end)
-        counter = counters[from_end]
+        psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention = [], [], [], [], [], [], [], []
+        key = (getattr(config, "counted_block", 1), getattr(config, "counted_on", "query"))
+        if key not in counters:
+            counters[key] = computed_counter(subject.transformer, *key)
+        counter = counters[key]
         for run in subject.eval_runs:
             times, base_times = [], []
             for _ in range(args.repeats):
@@ -436,6 +619,8 @@ def main() -> int:
                 if isinstance(config, CacheDit):
                     config.check(n, args.steps)
                     cd_stats.append(config.stats)
+                if isinstance(config, TimestepCache):
+                    attention.append(dict(config.calls))
                 times.append(seconds)
                 if name != "none":  # the uncached run again, right after: a shared machine's speed drifts
                     base_times.append(generate(subject, None, run)[1])
@@ -461,6 +646,9 @@ def main() -> int:
         print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
+        if attention:
+            print(" " * 46 + f"attention outputs reused: {np.mean([c['attention'] - c['computed'] for c in attention]):.1f}"
+                  f"/{attention[0]['attention']} calls", flush=True)
         if cd_stats:  # cache-dit's own stats, per block stack, mean over runs
             print(" " * 46 + "cache-dit: " + _cache_dit_stats(cd_stats, args.steps), flush=True)
 

@@ -1,6 +1,8 @@
-"""Peer caches in benchmarks/bench_caches.py: cache-dit's DBCache, DBCache + TaylorSeer and DBPrune, wired onto the
-shipped trained model (a three-step run): never reusing is exact, reusing really skips, cache-dit's own stats agree
-with the benchmark's count, the cache starts empty for every generation, and removing it leaves the plain
+"""Peer caches in benchmarks/bench_caches.py, wired onto both shipped trained models (HunyuanVideo's transformer and
+1.5's; three-step runs): cache-dit's DBCache, DBCache + TaylorSeer and DBPrune, ParaAttention's first-block cache
+(each skipped with its reason where not installed), diffusers' FasterCache and PyramidAttentionBroadcast, and
+diffusers' FirstBlockCache on 1.5's blocks. Never reusing is exact, reusing really skips, cache-dit's own stats
+agree with the benchmark's count, the cache starts empty for every generation, and removing it leaves the plain
 transformer."""
 
 import importlib.util
@@ -30,8 +32,8 @@ def _load_bench():
     return module
 
 
-@pytest.fixture(scope="module")
-def peers():
+@pytest.fixture(scope="module", params=["shapes", "scenes"])
+def peers(request):
     had_level = "CACHE_DIT_LOG_LEVEL" in os.environ
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # cache-dit reads it on import: no log lines per run
     try:
@@ -40,9 +42,9 @@ def peers():
         if not had_level:
             del os.environ["CACHE_DIT_LOG_LEVEL"]
     bench = _load_bench()
-    subject = bench.Trained(STEPS)
+    subject = bench.Trained(STEPS, request.param)
     run = subject.eval_runs[0]
-    counters = {k: bench.computed_counter(subject.transformer, k) for k in (1, 2)}
+    counters = {k: bench.computed_counter(subject.transformer, k) for k in (1, 2)}  # the last block, the one before
     reference = bench.generate(subject, None, run)[0]
     return bench, subject, run, counters, reference
 
@@ -75,7 +77,7 @@ def test_never_reusing_equals_the_uncached_output(peers, name, setting):
     out, computed, stats = _generate(peers, _method(bench, name, setting, NEVER))
     assert torch.equal(out, reference)
     assert computed == STEPS
-    assert set(stats) == {"transformer_blocks", "single_transformer_blocks"}
+    assert set(stats) == set(bench.block_stacks(peers[1].transformer))
     assert all(s["cached"] == 0 and s["pruned"] == 0 for s in stats.values()), stats
 
 
@@ -83,8 +85,7 @@ def test_never_reusing_equals_the_uncached_output(peers, name, setting):
 def test_reusing_skips_steps_and_changes_the_output(peers, name, setting):
     bench, subject, _, _, reference = peers
     config = _method(bench, name, setting, ALWAYS)
-    blocks = {"transformer_blocks": subject.transformer.transformer_blocks,
-              "single_transformer_blocks": subject.transformer.single_transformer_blocks}
+    blocks = {name: getattr(subject.transformer, name) for name in bench.block_stacks(subject.transformer)}
     ran = {stack: [0] for stack in blocks}
     hooks = [block.attn.to_q.register_forward_pre_hook(lambda *_, c=ran[stack]: c.__setitem__(0, c[0] + 1))
              for stack, stack_blocks in blocks.items() for block in stack_blocks]
@@ -115,12 +116,13 @@ def test_every_generation_starts_from_an_empty_cache(peers):
 def test_the_transformer_is_plain_after_each_cached_generation(peers):
     bench, subject, run, _, reference = peers
     t = subject.transformer
-    blocks = (t.transformer_blocks, t.single_transformer_blocks)
+    stacks = bench.block_stacks(t)
+    blocks = [getattr(t, name) for name in stacks]
     for name, setting in METHODS:
         _generate(peers, _method(bench, name, setting, ALWAYS))
         assert not any(hasattr(t, a) for a in ("_is_cached", "_context_manager", "_original_forward")), name
         assert getattr(t.forward, "__func__", None) is type(t).forward
-        assert (t.transformer_blocks, t.single_transformer_blocks) == blocks
+        assert [getattr(t, name) for name in stacks] == blocks
         assert torch.equal(bench.generate(subject, None, run)[0], reference), name
 
 
@@ -143,3 +145,107 @@ def test_without_cache_dit_the_methods_are_skipped_naming_the_import_error(monke
     assert capsys.readouterr().out.splitlines() == [
         "skipping cachedit-dbprune: cache-dit does not import (ModuleNotFoundError: import of cache_dit halted; "
         "None in sys.modules); pip install -r requirements-bench.txt"]
+
+
+def test_diffusers_first_block_cache_runs_on_1_5s_blocks_once_registered():
+    """diffusers 0.38 does not register HunyuanVideo 1.5's block for its block caches; the benchmark registers it
+    with the dual-stream block's metadata: then a threshold of 0 is exact and a huge one reuses every later step."""
+    from diffusers import FirstBlockCacheConfig
+
+    bench = _load_bench()
+    subject = bench.Trained(STEPS, "scenes")
+    run = subject.eval_runs[0]
+    reference = bench.generate(subject, None, run)[0]
+    with pytest.raises(ValueError, match="not registered"):
+        bench.generate(subject, FirstBlockCacheConfig(threshold=0.1), run)
+    bench.register_hunyuanvideo15_block()
+    counter = bench.computed_counter(subject.transformer)
+    outputs = {}
+    for threshold in (0.0, 1e9):
+        counter[0] = 0
+        outputs[threshold] = (bench.generate(subject, FirstBlockCacheConfig(threshold=threshold), run)[0], counter[0])
+    assert torch.equal(outputs[0.0][0], reference) and outputs[0.0][1] == STEPS
+    assert outputs[1e9][1] == 1 and (outputs[1e9][0] - reference).abs().max() > 1e-4
+    assert torch.equal(bench.generate(subject, None, run)[0], reference)
+
+
+@pytest.fixture(scope="module", params=["shapes", "scenes"])
+def subject(request):
+    bench = _load_bench()
+    subject = bench.Trained(STEPS, request.param)
+    return bench, subject, bench.generate(subject, None, subject.eval_runs[0])[0]
+
+
+def _hooks(module):
+    return {name: (len(m._forward_pre_hooks), len(m._forward_hooks)) for name, m in module.named_modules()}
+
+
+def test_para_attention_first_block_cache(subject):
+    pytest.importorskip("para_attn", reason="para-attn is not installed (pip install -r requirements-bench.txt)")
+    bench, subject, reference = subject
+    t, run = subject.transformer, subject.eval_runs[0]
+    counter = bench.computed_counter(t)
+    hooks = _hooks(t)
+
+    def generate(threshold):
+        counter[0] = 0
+        out = bench.generate(subject, bench.ParaAttention(threshold), run)[0]
+        assert "forward" not in vars(t)  # detached: the class's forward again
+        return out, counter[0]
+
+    never, always = generate(0.0), generate(1e9)
+    assert torch.equal(never[0], reference) and never[1] == STEPS
+    assert always[1] == 1 and (always[0] - reference).abs().max() > 1e-4  # step 0 computed, the others reused
+    assert torch.equal(generate(1e9)[0], always[0])  # a fresh cache context per generation
+    assert _hooks(t) == hooks
+    assert torch.equal(bench.generate(subject, None, run)[0], reference)
+
+
+def test_para_attentions_own_adapter_fails_as_listed(subject):
+    """The error the benchmark lists for ParaAttention's own HunyuanVideo adapter is the one it raises here."""
+    pytest.importorskip("para_attn", reason="para-attn is not installed (pip install -r requirements-bench.txt)")
+    from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
+    from para_attn.first_block_cache.utils import cache_context, create_cache_context
+
+    bench, subject, _ = subject
+    model = type(subject.model).from_pretrained()  # a copy: the adapter patches the transformer for good
+    expected = bench.PARA_ATTN_ADAPTER_ERRORS[type(model.transformer).__name__]
+    with pytest.raises(Exception) as error:
+        apply_cache_on_transformer(model.transformer)
+        with cache_context(create_cache_context(residual_diff_threshold=0.1)):
+            model.generate(subject.eval_runs[0][0], num_steps=1)
+    assert expected.startswith(f"{type(error.value).__name__}: {error.value}"), (error.value, expected)
+
+
+@pytest.mark.parametrize("kind", ["fastercache", "pab"])
+def test_diffusers_attention_reuse_caches(subject, kind):
+    """FasterCache and PyramidAttentionBroadcast through the benchmark's TimestepCache: reused attention outputs
+    (every block still runs), a different clip, the same clip again on the next generation, a plain transformer
+    after."""
+    from diffusers import FasterCacheConfig, PyramidAttentionBroadcastConfig
+
+    bench, subject, reference = subject
+    t, run = subject.transformer, subject.eval_runs[0]
+    if kind == "fastercache":
+        def make(now):
+            # not the first step (timestep 1000): in range, FasterCache reuses from iteration 0 on, with no cache yet
+            return FasterCacheConfig(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(
+                -1, 900), current_timestep_callback=now, attention_weight_callback=lambda _: 0.5,
+                is_guidance_distilled=True)
+    else:
+        def make(now):
+            return PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+                spatial_attention_block_identifiers=("^transformer_blocks\\.", "^single_transformer_blocks\\."),
+                current_timestep_callback=now)
+    hooks = _hooks(t)
+    blocks = sum(len(getattr(t, name)) for name in bench.block_stacks(t))
+    outs = []
+    for _ in range(2):
+        cache = bench.TimestepCache(make)
+        outs.append(bench.generate(subject, cache, run)[0])
+        assert cache.calls["attention"] == STEPS * blocks
+        assert cache.calls["attention"] - cache.calls["computed"] == blocks  # step 1 of 0, 1, 2 reused
+        assert _hooks(t) == hooks
+    assert (outs[0] - reference).abs().max() > 1e-4 and torch.equal(outs[0], outs[1])
+    assert torch.equal(bench.generate(subject, None, run)[0], reference)

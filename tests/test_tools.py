@@ -196,7 +196,7 @@ sys.stderr.write("OMP at torch import: " + (seen[0] if seen else "torch never im
 """
 
 
-@pytest.mark.parametrize("module", ["tinyhv.evaluate", "tinyhv.train"])
+@pytest.mark.parametrize("module", ["tinyhv.evaluate", "tinyhv.evaluate_scenes", "tinyhv.train"])
 def test_module_launch_sets_passive_omp_before_torch_loads(module):
     def at_torch_import(env):
         proc = subprocess.run([sys.executable, "-c", _AT_TORCH_IMPORT, module], env=env, cwd=ROOT,

@@ -80,13 +80,17 @@ class TinyHunyuanVideo(nn.Module):
 
     def __init__(self, config: Optional[dict] = None):
         super().__init__()
-        from diffusers import HunyuanVideoTransformer3DModel
-
         config = json.loads(json.dumps(config or self.default_config()))  # deep copy, JSON-clean
         self.config = config
-        self.transformer = HunyuanVideoTransformer3DModel(**config["transformer"])
+        self.transformer = self.transformer_class()(**config["transformer"])
         te = config["text_encoder"]
         self.text_encoder = TinyTextEncoder(config["vocab"], te["max_length"], te["dim"], te["pooled_dim"])
+
+    @staticmethod
+    def transformer_class():
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        return HunyuanVideoTransformer3DModel
 
     @staticmethod
     def default_config() -> dict:
@@ -107,25 +111,33 @@ class TinyHunyuanVideo(nn.Module):
         }
 
     # -- persistence -------------------------------------------------------- #
+    #: the shipped weights of this class
+    assets = DEFAULT_ASSETS
+    #: the dtype of exported weights (training keeps float32)
+    export_dtype = torch.float32
+
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path] = DEFAULT_ASSETS) -> "TinyHunyuanVideo":
+    def from_pretrained(cls, path: Union[str, Path, None] = None) -> "TinyHunyuanVideo":
+        """The model at ``path`` (safetensors; default: the shipped one), in float32 whatever the file's dtype."""
         from safetensors.torch import load_file
 
-        path = Path(path)
+        path = Path(path or cls.assets)
         config = json.loads(path.with_suffix(".json").read_text())
         model = cls(config)
         model.load_state_dict(load_file(str(path)))
         return model.eval().requires_grad_(False)
 
-    def save_pretrained(self, path: Union[str, Path] = DEFAULT_ASSETS, extra: Optional[dict] = None) -> Path:
-        """Weights to ``path`` (safetensors), config (+ ``extra``, e.g. training facts) to ``path.json``."""
+    def save_pretrained(self, path: Union[str, Path, None] = None, extra: Optional[dict] = None) -> Path:
+        """Weights to ``path`` (safetensors, in ``export_dtype``), config (+ ``extra``, e.g. training facts) to
+        ``path.json``."""
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = Path(path or self.assets)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to(self.export_dtype).contiguous().cpu() for k, v in self.state_dict().items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.chmod(0o644)  # safetensors creates it private; the shipped weights are world-readable
         tmp.replace(path)
         config = {**self.config, **(extra or {})}
         path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
@@ -159,15 +171,18 @@ class TinyHunyuanVideo(nn.Module):
         embedding input = 1000 guidance, as diffusers' HunyuanVideo pipeline scales both)."""
         b = x.shape[0]
         sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
-        out = self.transformer(hidden_states=x, timestep=sig * 1000,
-                               encoder_hidden_states=cond["encoder_hidden_states"],
-                               encoder_attention_mask=cond["encoder_attention_mask"],
-                               pooled_projections=cond["pooled_projections"],
-                               guidance=torch.full((b,), guidance * 1000.0, dtype=x.dtype, device=x.device),
-                               return_dict=False)[0]
+        out = self.transformer(**self.transformer_inputs(x, sig * 1000, cond, guidance), return_dict=False)[0]
         if self.prediction == "sample":
             return (x - out) / sig.clamp_min(SIGMA_MIN).view(-1, 1, 1, 1, 1)
         return out
+
+    def transformer_inputs(self, x: torch.Tensor, timestep: torch.Tensor, cond: Dict[str, torch.Tensor],
+                           guidance: float) -> Dict[str, torch.Tensor]:
+        """The transformer's keyword arguments for one call."""
+        return dict(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["encoder_hidden_states"],
+                    encoder_attention_mask=cond["encoder_attention_mask"],
+                    pooled_projections=cond["pooled_projections"],
+                    guidance=torch.full((x.shape[0],), guidance * 1000.0, dtype=x.dtype, device=x.device))
 
     # -- sampling ----------------------------------------------------------- #
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -212,3 +227,67 @@ class TinyHunyuanVideo(nn.Module):
             return x
         video = data.from_model_layout(((x + 1) / 2).clamp(0, 1))
         return video[0] if single else video
+
+
+#: The second shipped model: HunyuanVideo 1.5's transformer trained on ``tinyhv.scenes``.
+SCENES_ASSETS = ROOT / "assets" / "tiny_hunyuan_video15_scenes.safetensors"
+
+#: diffusers ``HunyuanVideo15Transformer3DModel`` arguments of the second model: dual-stream blocks only, as 1.5.
+#: Pixel space: a 2x4x4 (t, h, w) patch makes an 8-frame 32x32 clip 4 x 8 x 8 = 256 tokens. Input channels as 1.5
+#: stacks them: the noisy clip (3), the conditioning frames (3: zeros for text-to-video) and their mask (1).
+TRANSFORMER_15_CONFIG = dict(
+    in_channels=7, out_channels=3, num_attention_heads=4, attention_head_dim=32, num_layers=6, num_refiner_layers=1,
+    mlp_ratio=4.0, patch_size=4, patch_size_t=2, qk_norm="rms_norm", text_embed_dim=64, text_embed_2_dim=8,
+    image_embed_dim=16, rope_theta=256.0, rope_axes_dim=(8, 12, 12), target_size=32, task_type="t2v",
+)
+
+
+class TinyHunyuanVideo15(TinyHunyuanVideo):
+    """HunyuanVideo 1.5's transformer (``HunyuanVideo15Transformer3DModel``), the same word-embedding text encoder
+    and sampler, on ``tinyhv.scenes`` (two crossing objects, a textured panning background, 8 frames of 32x32).
+
+    Conditioning as HunyuanVideo15Pipeline gives it for text-to-video: the prompt's token states
+    (``encoder_hidden_states``, 1.5's Qwen2.5-VL stream), an empty glyph stream (``encoder_hidden_states_2``, ByT5 in
+    1.5: one masked-out token) and all-zero image embeddings (SigLIP in 1.5: zeros mean text-to-video), the clip
+    concatenated with zero conditioning frames and a zero mask along the channels. No guidance embedding (1.5 has
+    none). Weights ship in float16 (13 MB: the glyph projection's fixed 2048-wide layers are most of them)."""
+
+    assets = SCENES_ASSETS
+    export_dtype = torch.float16
+
+    @staticmethod
+    def transformer_class():
+        from diffusers import HunyuanVideo15Transformer3DModel
+
+        return HunyuanVideo15Transformer3DModel
+
+    @staticmethod
+    def default_config() -> dict:
+        from . import scenes
+
+        tc = TRANSFORMER_15_CONFIG
+        return {
+            "transformer": dict(tc),
+            "text_encoder": {"max_length": 12, "dim": tc["text_embed_dim"], "pooled_dim": tc["text_embed_dim"]},
+            "vocab": ["<pad>", NULL_TOKEN, *[w for w in scenes.VOCAB if w != "<pad>"]],
+            "video": {"frames": scenes.FRAMES, "height": scenes.HEIGHT, "width": scenes.WIDTH, "channels": 3,
+                      "value_range": [-1, 1], "space": "pixel"},
+            "prediction": "sample",
+            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0, "cfg_scale": 1.0},
+            "data": {"module": "tinyhv.scenes", "shapes": list(data.SHAPES), "colours": data.COLOURS,
+                     "axes": scenes.AXES, "speeds_px": scenes.SPEEDS, "cameras": scenes.CAMERAS,
+                     "pan_px": scenes.PAN_PX, "object_px": scenes.OBJECT_PX, "texture": scenes.TEXTURE,
+                     "grammar": "a {colour1} {shape1} and a {colour2} {shape2} cross {axis} {speed} camera {camera}",
+                     "held_out_pairs": [list(t) for t in scenes.HELD_OUT_PAIRS]},
+        }
+
+    def transformer_inputs(self, x, timestep, cond, guidance):
+        b = x.shape[0]
+        tc = self.config["transformer"]
+        zeros = x.new_zeros(b, tc["in_channels"] - x.shape[1], *x.shape[2:])  # conditioning frames + mask
+        return dict(hidden_states=torch.cat([x, zeros], dim=1), timestep=timestep,
+                    encoder_hidden_states=cond["encoder_hidden_states"],
+                    encoder_attention_mask=cond["encoder_attention_mask"],
+                    encoder_hidden_states_2=x.new_zeros(b, 1, tc["text_embed_2_dim"]),
+                    encoder_attention_mask_2=torch.zeros(b, 1, dtype=torch.bool, device=x.device),
+                    image_embeds=x.new_zeros(b, 1, tc["image_embed_dim"]))

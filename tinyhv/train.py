@@ -1,6 +1,9 @@
-"""Rectified-flow training of the tiny HunyuanVideo model on procedural shape clips (CPU, about 1.5 hours).
+"""Rectified-flow training of the tiny HunyuanVideo models on procedural clips (CPU, 1.5-2 hours each).
 
-The shipped model (``assets/``) came from these two commands (the second continues the first's state)::
+``--model shapes`` (the default) trains the first model (HunyuanVideo's transformer on ``tinyhv.data``),
+``--model scenes`` the second (HunyuanVideo 1.5's transformer on ``tinyhv.scenes``; its commands are in
+``assets/tiny_hunyuan_video15_scenes.json`` and the README). The first shipped model (``assets/``) came from these
+two commands (the second continues the first's state)::
 
     OMP_WAIT_POLICY=PASSIVE python -m tinyhv.train --steps 4000 --batch-size 16 --lr 1.5e-3 --prediction sample \
         --out runs/tinyhv --log-every 50 --ckpt-every 100
@@ -15,8 +18,9 @@ transformer, timestep ``1000 t``, outputs the flow or, with ``--prediction sampl
 which the flow is derived); ``t`` is logit-normal; the empty prompt replaces the caption 10% of the time
 (classifier-free guidance). AdamW, warmup then constant LR with a linear cool-down over the last
 ``--cooldown`` of progress, EMA of the weights (the exported model). Every ``--ckpt-every`` steps the full
-state goes to ``OUT/ckpt.pt`` (``--resume`` continues from it, bit-exactly up to thread timing) and
-the EMA weights are exported to ``OUT/tiny_hunyuan_video.safetensors`` (+ ``.json``), so an
+state goes to ``OUT/ckpt.pt`` (``--resume`` continues from it, bit-exactly up to thread timing; it refuses a
+checkpoint of the other ``--model``) and the EMA weights are exported to ``OUT/tiny_hunyuan_video.safetensors``
+(``OUT/tiny_hunyuan_video15_scenes.safetensors``, float16, for ``--model scenes``; + ``.json``), so an
 interrupted run is never lost. Copy that pair to ``assets/`` to ship it.
 """
 
@@ -38,8 +42,11 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from . import data
-from .model import TinyHunyuanVideo
+from . import data, scenes
+from .model import TinyHunyuanVideo, TinyHunyuanVideo15
+
+#: --model: (model class, data module with split() and sample_batch())
+MODELS = {"shapes": (TinyHunyuanVideo, data), "scenes": (TinyHunyuanVideo15, scenes)}
 
 
 def machine() -> str:
@@ -58,6 +65,9 @@ def machine() -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=list(MODELS), default="shapes",
+                   help="shapes: the first model (HunyuanVideo's transformer, tinyhv.data); scenes: the second "
+                        "(HunyuanVideo 1.5's transformer, tinyhv.scenes)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("runs/tinyhv"))
@@ -69,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt-dropout", type=float, default=0.1, help="probability of training on the empty prompt")
     p.add_argument("--logit-mean", type=float, default=0.0)
     p.add_argument("--logit-std", type=float, default=1.0)
-    p.add_argument("--jitter", default=",".join(f"{j:g}" for j in data.JITTER),
+    p.add_argument("--jitter", default=parser_default_jitter(),
                    help="'ACROSS,ALONG': how far (px) the shape's path may sit off the frame centre, or 'full' "
                         "(anywhere the shape stays in frame)")
     p.add_argument("--seed", type=int, default=0)
@@ -90,6 +100,10 @@ def parse_args(argv=None):
 
 
 MAX_GAP_S = 120.0  # see wall() in main
+
+
+def parser_default_jitter() -> str:
+    return ",".join(f"{j:g}" for j in data.JITTER)
 
 
 def parse_jitter(text: str):
@@ -141,7 +155,11 @@ def main(argv=None) -> int:
     command = env + "python -m tinyhv.train " + " ".join(shlex.quote(a) for a in cli)
 
     torch.manual_seed(args.seed)
-    config = TinyHunyuanVideo.default_config()
+    model_class, dataset = MODELS[args.model]
+    if args.model == "scenes" and (args.single_layers is not None or args.jitter != parser_default_jitter()):
+        raise SystemExit("tinyhv.train: error: --single-layers and --jitter are the shapes model's "
+                         "(HunyuanVideo 1.5 has no single-stream blocks; scene positions are always anywhere)")
+    config = model_class.default_config()
     if args.heads:
         config["transformer"]["num_attention_heads"] = args.heads
     config["prediction"] = args.prediction
@@ -149,25 +167,28 @@ def main(argv=None) -> int:
         config["transformer"]["patch_size_t"] = args.patch_size_t
     if args.single_layers is not None:
         config["transformer"]["num_single_layers"] = args.single_layers
-    model = TinyHunyuanVideo(config).train()
+    model = model_class(config).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay_params = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     other_params = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": args.weight_decay},
                              {"params": other_params, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
-    train_combos, held_combos = data.split()
+    train_combos, held_combos = dataset.split()
     jitter = parse_jitter(args.jitter)
     guidance = config["sampling"]["guidance"]
     g_data = torch.Generator().manual_seed(args.seed + 1)
     g_noise = torch.Generator().manual_seed(args.seed + 2)
     g_val = torch.Generator().manual_seed(12345)
-    val_x, val_prompts = data.sample_batch(held_combos, 32, g_val)
+    val_x, val_prompts = dataset.sample_batch(held_combos, 32, g_val)
     val_batch = (data.to_model_layout(val_x), val_prompts, torch.randn(32, 3, *val_x.shape[1:4], generator=g_val))
 
     step, wall_before, paused_before, history, commands = 0, 0.0, 0.0, [], []
     ckpt_path = out / "ckpt.pt"
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
+        trained = state.get("args", {}).get("model", "shapes")
+        if trained != args.model:
+            raise SystemExit(f"tinyhv.train: error: {ckpt_path} is a --model {trained} run, not --model {args.model}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -179,7 +200,7 @@ def main(argv=None) -> int:
         logger.info(f"resumed from {ckpt_path} at step {step}")
 
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"TinyHunyuanVideo: {n_params / 1e6:.2f}M parameters; {len(train_combos)} training combinations, "
+    logger.info(f"{model_class.__name__}: {n_params / 1e6:.2f}M parameters; {len(train_combos)} training combinations, "
                 f"{len(held_combos)} held out; {machine()}")
     commands.append({"command": command, "from_step": step})
     logger.info(f"command: {command}")
@@ -218,7 +239,7 @@ def main(argv=None) -> int:
             "final_train_loss": history[-1]["loss"] if history else None,
             "final_heldout_val_loss": history[-1].get("val") if history else None,
         }}
-        ema.save_pretrained(out / "tiny_hunyuan_video.safetensors", extra=training)
+        ema.save_pretrained(out / model_class.assets.name, extra=training)
 
     def progress() -> float:
         p = step / args.steps
@@ -235,7 +256,7 @@ def main(argv=None) -> int:
         lr = lr_at(step, prog, args)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, prompts = data.sample_batch(train_combos, args.batch_size, g_data, jitter=jitter)
+        x, prompts = dataset.sample_batch(train_combos, args.batch_size, g_data, jitter=jitter)
         drop = torch.rand(args.batch_size, generator=g_data) < args.prompt_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         x0 = data.to_model_layout(x)
@@ -265,7 +286,7 @@ def main(argv=None) -> int:
         if step % args.ckpt_every == 0:
             save()
     save(final=True)
-    logger.info(f"done: {step} steps in {wall() / 60:.1f} min; EMA weights in {out / 'tiny_hunyuan_video.safetensors'}")
+    logger.info(f"done: {step} steps in {wall() / 60:.1f} min; EMA weights in {out / model_class.assets.name}")
     return 0
 
 
