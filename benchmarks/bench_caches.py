@@ -553,12 +553,15 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv); "
                                                     "with --replot the PNG path")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache; the "
-                             f"studies {', '.join(sorted(STUDIES))} run only when named here")
+                        help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache; "
+                             "'default': every method that runs without --methods; the studies "
+                             f"{', '.join(sorted(STUDIES))} run only when named here")
     parser.add_argument("--replot", metavar="CSV", nargs="+",
                         help="only redraw the plot of CSVs this script wrote (their methods, or those of --methods), "
                              "to --out (default: the first CSV's name, .png)")
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="with --replot: print the CSVs' rows as a Markdown table instead of plotting them")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out CSV (and its PNG); without it such a run refuses to start")
     args = parser.parse_args()
@@ -566,7 +569,7 @@ def main() -> int:
         missing = [path for path in args.replot if not Path(path).is_file()]
         if missing:
             return _fail(f"no such CSV: {missing[0]}")
-        if not _have_matplotlib():
+        if not args.markdown and not _have_matplotlib():
             return _fail("--replot needs matplotlib: pip install -r requirements-bench.txt")
         rows = []
         for path in args.replot:
@@ -575,6 +578,9 @@ def main() -> int:
         if not rows:
             return _fail(f"no rows{' of ' + ', '.join(args.methods) if args.methods else ''} in "
                          f"{', '.join(args.replot)}")
+        if args.markdown:
+            print(markdown(rows))
+            return 0
         model = Path(args.replot[0]).stem.removeprefix("caches_").split("_")[0]
         plot(rows, Path(args.out or Path(args.replot[0]).with_suffix(".png")),
              f"{model} model, {rows[0]['steps']} steps")
@@ -587,11 +593,12 @@ def main() -> int:
         return _fail(f"{existing[0]} exists: pass --overwrite to replace it, or --out another path")
     if not args.no_plot and not _have_matplotlib():
         return _fail("the plot needs matplotlib: pip install -r requirements-bench.txt (or pass --no-plot)")
-    wanted = [name for name in CACHE_DIT_METHODS if not args.methods or name in args.methods]
+    everything = not args.methods or "default" in args.methods
+    wanted = [name for name in CACHE_DIT_METHODS if everything or name in args.methods]
     if wanted and _cache_dit()[0] is None:
         print(f"skipping {', '.join(wanted)}: cache-dit does not import ({_cache_dit()[1]}); "
               "pip install -r requirements-bench.txt", flush=True)
-    if (not args.methods or "para-attn-fbcache" in args.methods) and _para_attn()[0] is None:
+    if (everything or "para-attn-fbcache" in args.methods) and _para_attn()[0] is None:
         print(f"skipping para-attn-fbcache: para-attn does not import ({_para_attn()[1]}); "
               "pip install -r requirements-bench.txt", flush=True)
     torch.manual_seed(0)
@@ -603,7 +610,8 @@ def main() -> int:
     baseline, rows = {}, []
     judge = getattr(subject, "same_content", None)  # the trained model's content check; None for random weights
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
-        if name not in ("none", *(args.methods or [])) and (args.methods or name in STUDIES):
+        named = args.methods or ["default"]
+        if name != "none" and name not in named and ("default" not in named or name in STUDIES):
             continue
         psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention = [], [], [], [], [], [], [], []
         key = (getattr(config, "counted_block", 1), getattr(config, "counted_on", "query"))
@@ -677,6 +685,23 @@ def _cache_dit_stats(stats, steps) -> str:
     return ", ".join(parts)
 
 
+def markdown(rows) -> str:
+    """The rows as a Markdown table: method, setting, computed steps, ideal and measured speedup, wall time, PSNR,
+    SSIM and, where measured, same content."""
+    judged = all(r.get("same_content") not in (None, "") for r in rows)
+    head = ["method", "setting", f"computed /{rows[0]['steps']}", "ideal speedup", "wall s", "measured speedup",
+            "PSNR dB", "SSIM"] + (["same content"] if judged else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], r["setting"], f"{float(r['computed']):.1f}",
+                 f"{float(r['steps']) / float(r['computed']):.2f}x", f"{float(r['wall_s']):.3f}",
+                 f"{float(r['speedup']):.2f}x", f"{float(r['psnr']):.2f}", f"{float(r['ssim']):.4f}"]
+        if judged:
+            cells.append(f"{float(r['same_content']):.0%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fail(message: str) -> int:
     print(f"{Path(__file__).name}: error: {message}", file=sys.stderr)
     return 2
@@ -701,27 +726,34 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 
 
 def plot(rows, path, title):
-    """PSNR and SSIM (rows) against the ideal speedup (steps / computed steps: deterministic) and the measured
-    wall-clock speedup (columns), one curve per method, points in the order of its setting sweep; runs with more
-    steps than the benchmark's (slowdowns) stay in the table only."""
+    """PSNR, SSIM and, for the trained models, the judge's "same content" (rows) against the ideal speedup (steps /
+    computed steps: deterministic) and the measured wall-clock speedup (columns), one curve per method (20 colours,
+    then dashed), points in the order of its setting sweep; runs with more steps than the benchmark's (slowdowns)
+    stay in the table only."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharey="row")
+    plt.rcParams["axes.prop_cycle"] = cycler(linestyle=["-", "--"]) * cycler(color=plt.cm.tab20.colors)
+
+    keys = [("psnr", "PSNR vs uncached (dB)"), ("ssim", "SSIM vs uncached")]
+    if all(r.get("same_content") not in (None, "") for r in rows):
+        keys.append(("same_content", "same content (judge)"))
+    fig, axes = plt.subplots(len(keys), 2, figsize=(12, 4.25 * len(keys)), sharey="row")
 
     def curve(r):  # cache-dit's DBCache: one curve per Fn/Bn setting
         return f"{r['method']} {r['setting'].split(':')[0]}" if r["method"].startswith("cachedit-") else r["method"]
 
     for name in dict.fromkeys(curve(r) for r in rows if r["method"] != "none"):
         mine = [r for r in rows if curve(r) == name and float(r["computed"]) <= float(r["steps"])]
-        for (i, key), (j, speed) in itertools.product(enumerate(("psnr", "ssim")), enumerate(("ideal", "measured"))):
+        for (i, (key, _)), (j, speed) in itertools.product(enumerate(keys), enumerate(("ideal", "measured"))):
             x = [float(r["steps"]) / float(r["computed"]) if speed == "ideal" else float(r["speedup"]) for r in mine]
             axes[i][j].plot(x, [float(r[key]) for r in mine], marker="o", label=name)
-    for (i, label), (j, xlabel) in itertools.product(
-            enumerate(("PSNR vs uncached (dB)", "SSIM vs uncached")),
+    for (i, (_, label)), (j, xlabel) in itertools.product(
+            enumerate(keys),
             enumerate(("ideal speedup (steps / computed steps)", "measured speedup (uncached wall time / wall time)"))):
         axes[i][j].set_xlabel(xlabel)
         axes[i][j].set_ylabel(label)
