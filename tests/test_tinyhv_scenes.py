@@ -200,3 +200,44 @@ def test_training_resumes_where_it_stopped(tmp_path):
     with pytest.raises(SystemExit, match="--model scenes run"):
         train.main(["--steps", "6", "--resume", "--batch-size", "2", "--out", str(tmp_path / "split")])
     assert np.isfinite(config["training"]["final_train_loss"])
+
+
+def test_training_warm_starts_from_exported_weights(tmp_path):
+    """``--init``: model and EMA from an export, the optimizer fresh; at learning rate 0 the export is unchanged,
+    and the new sidecar keeps the earlier run's record."""
+    from safetensors.torch import load_file
+
+    from tinyhv import train
+
+    common = ["--model", "scenes", "--batch-size", "2", "--threads", "1", "--log-every", "1", "--ckpt-every", "2",
+              "--warmup", "1"]
+    name = SCENES_ASSETS.name
+    assert train.main([*common, "--steps", "2", "--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first" / name
+    assert train.main([*common, "--steps", "2", "--lr", "0", "--init", str(first), "--out",
+                       str(tmp_path / "warm")]) == 0
+    a, b = load_file(str(first)), load_file(str(tmp_path / "warm" / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((tmp_path / "warm" / name).with_suffix(".json").read_text())["training"]
+    assert record["init"]["weights"] == str(first) and record["init"]["training"]["steps_done"] == 2
+    assert train.main([*common, "--steps", "4", "--init", str(first), "--out", str(tmp_path / "moved")]) == 0
+    c = load_file(str(tmp_path / "moved" / name))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # a real learning rate does train it
+    with pytest.raises(SystemExit, match="--init"):
+        train.main([*common, "--steps", "4", "--init", str(first), "--resume", "--out", str(tmp_path / "warm")])
+    with pytest.raises(SystemExit, match="needs the .safetensors"):
+        train.main([*common, "--steps", "4", "--init", str(tmp_path / "none.safetensors"), "--out",
+                    str(tmp_path / "x")])
+
+
+def test_evaluate_scenes_command_on_ground_truth(tmp_path, capsys):
+    from tinyhv import evaluate_scenes
+
+    out = tmp_path / "r.json"
+    assert evaluate_scenes.main(["--ground-truth", "--split", "both", "--max-combos", "3", "--threads", "1",
+                                 "--json", str(out), "--grid", str(tmp_path / "g.png"), "--grid-rows", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert result["held-out"]["n"] == result["train"]["n"] == 3
+    assert result["held-out"]["accuracy"]["all seven"] == 1.0
+    assert len(result["held-out"]["grid_prompts"]) == 2 and (tmp_path / "g.png").is_file()
+    assert "bar (all seven >= 80%): PASS" in capsys.readouterr().out

@@ -30,8 +30,9 @@ import argparse
 import json
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -169,15 +170,32 @@ def print_report(name: str, result: Dict) -> None:
         print(f"  {k:24s} {acc[k]:6.1%}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclass(frozen=True)
+class Bar:
+    """One model's quality bar, for ``run``: its data, its judge and how it reports."""
+
+    split: Callable[[], tuple]  # () -> (training combinations, held-out combinations)
+    pick: Callable[[list, int], list]  # (combinations, --max-combos) -> the ones evaluated
+    render: Callable[[list], list]  # combinations -> ground-truth clips in [0, 1], (T, H, W, 3) each
+    load: Callable[[Optional[Path]], object]  # --weights -> the model (``generate`` as TinyHunyuanVideo's)
+    score: Callable[[Sequence, Sequence], Dict]  # (clips, combinations) -> {"n", "accuracy", "samples"}
+    report: Callable[[str, Dict], float]  # prints the split's accuracies, returns the bar's figure
+    bar_name: str  # what the bar counts, e.g. "colour+shape+direction"
+    miss: Callable[[Dict], Optional[str]]  # a sample's verdict -> a line when it misses the bar, else None
+    grid_scale: int = 6
+
+
+def parser(doc: str, seeds: int, max_combos: Optional[int]) -> argparse.ArgumentParser:
+    """The command line every ``tinyhv.evaluate*`` module shares."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the shipped model)")
     p.add_argument("--split", choices=["heldout", "train", "both"], default="heldout")
-    p.add_argument("--seeds", type=int, default=3, help="samples per prompt combination")
-    p.add_argument("--max-combos", type=int, default=None, help="evaluate at most this many combinations per split")
+    p.add_argument("--seeds", type=int, default=seeds, help="samples per prompt combination")
+    p.add_argument("--max-combos", type=int, default=max_combos,
+                   help="evaluate at most this many combinations per split (0 or none: all)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--shift", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="the guidance embedding's input, where it has one")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance (batched, one call/step); default: the model's sampling config")
     p.add_argument("--batch-size", type=int, default=48)
@@ -189,59 +207,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--grid-rows", type=int, default=16, help="clips per split in the grid")
     p.add_argument("--json", type=Path, default=None, help="write the full result here")
     p.add_argument("--bar", type=float, default=0.8)
+    return p
+
+
+def run(bar: Bar, argv: Optional[Sequence[str]], doc: str, seeds: int, max_combos: Optional[int]) -> int:
+    """Parse ``argv``, judge the splits' samples (or ground truth), print and write what was asked; 1 when the
+    held-out split misses the bar."""
+    p = parser(doc, seeds, max_combos)
     args = p.parse_args(argv)
     if args.grid and args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
         p.error(f"--grid {args.grid}: name an image file (.png)")  # now, not after the run
     torch.set_num_threads(args.threads)
-
-    train, held = data.split()
+    train, held = bar.split()
     splits = {"heldout": [("held-out", held)], "train": [("train", train)],
               "both": [("held-out", held), ("train", train)]}[args.split]
-    model = None
-    if not args.ground_truth:
-        from .model import DEFAULT_ASSETS, TinyHunyuanVideo
-        model = TinyHunyuanVideo.from_pretrained(args.weights or DEFAULT_ASSETS)
+    model = None if args.ground_truth else bar.load(args.weights)
     results, exit_code, grid = {}, 0, []  # grid: (split, clip, prompt) per row
     for name, combos in splits:
         if args.max_combos:
-            combos = combos[:: max(1, len(combos) // args.max_combos)][: args.max_combos]
-        attrs = [a for a in combos for _ in range(args.seeds)]
-        seeds = [1000 + i for i in range(len(attrs))]
+            combos = bar.pick(combos, args.max_combos)
+        wanted = [c for c in combos for _ in range(args.seeds)]
+        seeds_ = [1000 + i for i in range(len(wanted))]
         start = time.perf_counter()
         if args.ground_truth:
-            g = torch.Generator().manual_seed(0)
-            videos = list(((data.render_batch(attrs, data.random_starts(attrs, g)) + 1) / 2).clamp(0, 1))
+            videos = list(bar.render(wanted))
         else:
             videos = []
-            for i in range(0, len(attrs), args.batch_size):
-                chunk = attrs[i:i + args.batch_size]
-                # one batched call per chunk; prompt j of the chunk uses seed seeds[i] + j = seeds[i + j]
-                out = model.generate([a.prompt for a in chunk], seed=seeds[i], num_steps=args.steps,
-                                     guidance=args.guidance, shift=args.shift, cfg_scale=args.cfg_scale)
-                videos.extend(out)
+            for i in range(0, len(wanted), args.batch_size):
+                chunk = wanted[i:i + args.batch_size]
+                # one batched call per chunk; prompt j of the chunk uses seed seeds_[i] + j = seeds_[i + j]
+                videos.extend(model.generate([c.prompt for c in chunk], seed=seeds_[i], num_steps=args.steps,
+                                             guidance=args.guidance, shift=args.shift, cfg_scale=args.cfg_scale))
         elapsed = time.perf_counter() - start
-        result = score(videos, attrs)
+        result = bar.score(videos, wanted)
         result["seconds"] = round(elapsed, 1)
-        print_report(f"{name} ({'rendered ground truth' if args.ground_truth else f'{args.steps}-step samples'}, "
-                     f"{elapsed:.0f} s)", result)
-        bar = result["accuracy"]["colour+shape+direction"]
-        print(f"  bar (colour+shape+direction >= {args.bar:.0%}): {'PASS' if bar >= args.bar else 'FAIL'}")
-        if name == "held-out" and bar < args.bar:
+        figure = bar.report(f"{name} ({'rendered ground truth' if args.ground_truth else f'{args.steps}-step samples'}"
+                            f", {elapsed:.0f} s)", result)
+        print(f"  bar ({bar.bar_name} >= {args.bar:.0%}): {'PASS' if figure >= args.bar else 'FAIL'}")
+        if name == "held-out" and figure < args.bar:
             exit_code = 1
-        misses = [r for r in result["samples"] if not all(r["ok"][k] for k in BAR_ATTRIBUTES)][:8]
-        for r in misses:
-            print(f"    miss: {r['prompt']!r} -> seen {r['seen']} fill={r['fill']} top={r['top']} extent={r['extent']} "
-                  f"disp={r['displacement']}")
+        for line in [m for m in map(bar.miss, result["samples"]) if m][:8]:
+            print(f"    miss: {line}")
         results[name] = result
         if args.grid:
             # one clip per combination first (then further seeds), so the grid shows variety
             order = list(range(0, len(videos), args.seeds)) + [i for i in range(len(videos)) if i % args.seeds]
             rows = order[: args.grid_rows]
-            grid += [(name, videos[i], attrs[i].prompt) for i in rows]
-            result["grid_prompts"] = [attrs[i].prompt for i in rows]
+            grid += [(name, videos[i], wanted[i].prompt) for i in rows]
+            result["grid_prompts"] = [wanted[i].prompt for i in rows]
     if grid:
         # one image, exactly at --grid (with --split both: the held-out rows, then the train rows)
-        save_grid([clip for _, clip, _ in grid], args.grid)
+        save_grid([clip for _, clip, _ in grid], args.grid, scale=bar.grid_scale)
         print(f"grid of {len(grid)} clips (rows, top to bottom): {args.grid}")
         for row, (name, _, prompt) in enumerate(grid, 1):
             print(f"  {row:3d} {name + ': ' if len(splits) > 1 else ''}{prompt}")
@@ -249,6 +265,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
     return exit_code
+
+
+def _load(weights: Optional[Path]):
+    from .model import DEFAULT_ASSETS, TinyHunyuanVideo
+
+    return TinyHunyuanVideo.from_pretrained(weights or DEFAULT_ASSETS)
+
+
+def _render(attrs: Sequence[data.Attributes]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return ((data.render_batch(attrs, data.random_starts(attrs, g)) + 1) / 2).clamp(0, 1)
+
+
+def _report(title: str, result: Dict) -> float:
+    print_report(title, result)
+    return result["accuracy"]["colour+shape+direction"]
+
+
+def _miss(r: Dict) -> Optional[str]:
+    if all(r["ok"][k] for k in BAR_ATTRIBUTES):
+        return None
+    return (f"{r['prompt']!r} -> seen {r['seen']} fill={r['fill']} top={r['top']} extent={r['extent']} "
+            f"disp={r['displacement']}")
+
+
+BAR = Bar(split=data.split, pick=lambda combos, n: combos[:: max(1, len(combos) // n)][:n], render=_render,
+          load=_load, score=score, report=_report, bar_name="colour+shape+direction", miss=_miss)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(BAR, argv, __doc__, seeds=3, max_combos=None)
 
 
 if __name__ == "__main__":

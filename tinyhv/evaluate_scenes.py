@@ -31,9 +31,6 @@ import sys
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tinyhv/evaluate.py
 
-import argparse
-import json
-import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -42,7 +39,8 @@ import torch
 
 from . import scenes
 from .data import COLOURS
-from .evaluate import _largest_blob, save_grid
+from . import evaluate
+from .evaluate import _largest_blob
 
 CHROMA = 0.3
 SPEED_SPLIT_PX = 12.0
@@ -169,75 +167,34 @@ def score(videos: Sequence, wanted: Sequence[scenes.Scene]) -> Dict:
     return {"n": n, "accuracy": acc, "samples": rows}
 
 
+def _load(weights: Optional[Path]):
+    from .model import TinyHunyuanVideo15
+
+    return TinyHunyuanVideo15.from_pretrained(weights)
+
+
+def _report(title: str, result: Dict) -> float:
+    print(f"{title}: {result['n']} clips")
+    for k in (*scenes.FIELDS, "all seven"):
+        print(f"  {k:12s} {result['accuracy'][k]:6.1%}")
+    return result["accuracy"]["all seven"]
+
+
+def _miss(r: Dict) -> Optional[str]:
+    if all(r["ok"].values()):
+        return None
+    return f"{r['prompt']!r} -> seen {r['seen']} objects={r['objects']} camera_shift={r['camera_shift_px']}"
+
+
+# --max-combos: an even spread over the combinations (they are ordered field by field)
+BAR = evaluate.Bar(
+    split=scenes.split, pick=lambda combos, n: [combos[i * len(combos) // n] for i in range(min(n, len(combos)))],
+    render=lambda wanted: ((scenes.render(wanted, torch.Generator().manual_seed(0)) + 1) / 2).clamp(0, 1),
+    load=_load, score=score, report=_report, bar_name="all seven", miss=_miss, grid_scale=4)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=None, help="safetensors file (default: the shipped model)")
-    p.add_argument("--split", choices=["heldout", "train", "both"], default="heldout")
-    p.add_argument("--seeds", type=int, default=1, help="samples per prompt combination")
-    p.add_argument("--max-combos", type=int, default=48, help="at most this many combinations per split (0: all)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--shift", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free guidance (batched, one call/step); default: the model's sampling config")
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ground-truth", action="store_true", help="judge rendered clips instead of samples")
-    p.add_argument("--grid", type=Path, default=None, help="write a PNG of the first clips here")
-    p.add_argument("--grid-rows", type=int, default=16)
-    p.add_argument("--json", type=Path, default=None, help="write the full result here")
-    p.add_argument("--bar", type=float, default=0.8)
-    args = p.parse_args(argv)
-    if args.grid and args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
-        p.error(f"--grid {args.grid}: name an image file (.png)")
-    torch.set_num_threads(args.threads)
-    train, held = scenes.split()
-    splits = {"heldout": [("held-out", held)], "train": [("train", train)],
-              "both": [("held-out", held), ("train", train)]}[args.split]
-    model = None
-    if not args.ground_truth:
-        from .model import TinyHunyuanVideo15
-        model = TinyHunyuanVideo15.from_pretrained(args.weights)
-    results, exit_code, grid = {}, 0, []
-    for name, combos in splits:
-        if args.max_combos:  # an even spread over the combinations (they are ordered field by field)
-            combos = [combos[i * len(combos) // args.max_combos] for i in range(min(args.max_combos, len(combos)))]
-        wanted = [s for s in combos for _ in range(args.seeds)]
-        seeds = [1000 + i for i in range(len(wanted))]
-        start = time.perf_counter()
-        if args.ground_truth:
-            videos = list(((scenes.render(wanted, torch.Generator().manual_seed(0)) + 1) / 2).clamp(0, 1))
-        else:
-            videos = []
-            for i in range(0, len(wanted), args.batch_size):
-                chunk = wanted[i:i + args.batch_size]
-                videos.extend(model.generate([s.prompt for s in chunk], seed=seeds[i], num_steps=args.steps,
-                                             shift=args.shift, cfg_scale=args.cfg_scale))
-        elapsed = time.perf_counter() - start
-        result = score(videos, wanted)
-        result["seconds"] = round(elapsed, 1)
-        acc = result["accuracy"]
-        print(f"{name} ({'rendered ground truth' if args.ground_truth else f'{args.steps}-step samples'}, "
-              f"{result['n']} clips, {elapsed:.0f} s)")
-        for k in (*scenes.FIELDS, "all seven"):
-            print(f"  {k:12s} {acc[k]:6.1%}")
-        print(f"  bar (all seven >= {args.bar:.0%}): {'PASS' if acc['all seven'] >= args.bar else 'FAIL'}")
-        if name == "held-out" and acc["all seven"] < args.bar:
-            exit_code = 1
-        for r in [r for r in result["samples"] if not all(r["ok"].values())][:8]:
-            print(f"    miss: {r['prompt']!r} -> seen {r['seen']} objects={r['objects']} "
-                  f"camera_shift={r['camera_shift_px']}")
-        results[name] = result
-        if args.grid:
-            grid += [(videos[i], wanted[i].prompt) for i in range(min(args.grid_rows, len(videos)))]
-    if grid:
-        save_grid([clip for clip, _ in grid], args.grid, scale=4)
-        print(f"grid of {len(grid)} clips (rows, top to bottom): {args.grid}")
-        for row, (_, prompt) in enumerate(grid, 1):
-            print(f"  {row:3d} {prompt}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
-    return exit_code
+    return evaluate.run(BAR, argv, __doc__, seeds=1, max_combos=48)
 
 
 if __name__ == "__main__":

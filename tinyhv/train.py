@@ -90,6 +90,10 @@ def parse_args(argv=None):
                    help="wall-time budget: training progress is max(step/steps, time/budget), so on a slow "
                         "(shared) machine the LR cool-down still happens and the run ends within the budget")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--init", type=Path, default=None, metavar="WEIGHTS",
+                   help="warm start: the model and its EMA from an exported .safetensors (+ .json; its config and "
+                        "training record are kept, the optimizer starts fresh), e.g. to continue a run whose "
+                        "ckpt.pt is lost")
     p.add_argument("--heads", type=int, default=None, help="override num_attention_heads")
     p.add_argument("--single-layers", type=int, default=None, help="override num_single_layers")
     p.add_argument("--patch-size-t", type=int, default=None, help="override patch_size_t")
@@ -167,7 +171,21 @@ def main(argv=None) -> int:
         config["transformer"]["patch_size_t"] = args.patch_size_t
     if args.single_layers is not None:
         config["transformer"]["num_single_layers"] = args.single_layers
+    init_record, warm = None, None
+    if args.init is not None:
+        if args.resume or args.heads or args.patch_size_t is not None or args.single_layers is not None:
+            raise SystemExit("tinyhv.train: error: --init takes the model (and its config) from WEIGHTS: it goes "
+                             "with neither --resume nor --heads/--patch-size-t/--single-layers")
+        if not args.init.is_file() or not args.init.with_suffix(".json").is_file():
+            raise SystemExit(f"tinyhv.train: error: --init {args.init}: needs the .safetensors and its .json")
+        warm = model_class.from_pretrained(args.init)
+        config = {**config, "transformer": warm.config["transformer"],
+                  "prediction": warm.config.get("prediction", "velocity")}
+        init_record = {"weights": str(args.init), "training": warm.config.get("training")}
     model = model_class(config).train()
+    if warm is not None:
+        model.load_state_dict(warm.state_dict())
+        del warm
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay_params = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     other_params = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -197,6 +215,7 @@ def main(argv=None) -> int:
         step, wall_before, history = state["step"], state["wall_s"], state["history"]
         commands = state.get("commands", [])
         paused_before = state.get("paused_s", 0.0)
+        init_record = state.get("init")
         logger.info(f"resumed from {ckpt_path} at step {step}")
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -220,7 +239,7 @@ def main(argv=None) -> int:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "g_data": g_data.get_state(), "g_noise": g_noise.get_state(), "step": step, "wall_s": wall(),
-                    "paused_s": clock["paused"], "history": history, "commands": commands,
+                    "paused_s": clock["paused"], "history": history, "commands": commands, "init": init_record,
                     "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(ckpt_path)
         training = {"training": {
@@ -238,6 +257,7 @@ def main(argv=None) -> int:
             "data_jitter_px": args.jitter, "ema": args.ema, "parameters": n_params,
             "final_train_loss": history[-1]["loss"] if history else None,
             "final_heldout_val_loss": history[-1].get("val") if history else None,
+            **({"init": init_record} if init_record is not None else {}),
         }}
         ema.save_pretrained(out / model_class.assets.name, extra=training)
 
@@ -268,7 +288,8 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
+        # a warm start's EMA is already an average: it keeps the full decay from the first step
+        ema_update(ema, model, args.ema if init_record is not None else min(args.ema, (1 + step) / (10 + step)))
         running += loss.item()
         n_running += 1
         if step % args.log_every == 0 or step == args.steps:
