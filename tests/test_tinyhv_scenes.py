@@ -145,17 +145,25 @@ def test_loads_into_diffusers_hunyuanvideo15_and_generates(model):
     assert not torch.equal(a, model.generate(PROMPT, seed=4, num_steps=6))
 
 
-def test_one_transformer_call_per_step_with_1_5s_conditioning(model):
+@pytest.mark.parametrize("cfg_scale", [None, 1.0])
+def test_one_transformer_call_per_step_with_1_5s_conditioning(model, cfg_scale):
+    """The shipped sampling config guides (cfg 3) as 1.5's repo does: prompt and empty prompt batched in one call
+    per step; cfg 1 calls with the prompt alone."""
+    assert model.config["sampling"]["cfg_scale"] == 3.0
     seen = []
     hook = model.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     try:
-        model.generate(PROMPT, seed=0, num_steps=3)
+        model.generate(PROMPT, seed=0, num_steps=3, cfg_scale=cfg_scale)
     finally:
         hook.remove()
     assert len(seen) == 3
     kw = seen[0]
-    assert kw["hidden_states"].shape == (1, 7, 8, 32, 32) and not kw["hidden_states"][:, 3:].any()
+    batch = 1 if cfg_scale == 1.0 else 2
+    assert kw["hidden_states"].shape == (batch, 7, 8, 32, 32) and not kw["hidden_states"][:, 3:].any()
     assert not kw["encoder_attention_mask_2"].any() and not kw["image_embeds"].any()  # text-to-video, no glyphs
+    if batch == 2:  # the same latents, the prompt's tokens against the empty prompt's
+        assert torch.equal(kw["hidden_states"][0], kw["hidden_states"][1])
+        assert kw["encoder_attention_mask"][0].sum() > kw["encoder_attention_mask"][1].sum()
 
 
 def test_teacache_on_the_second_model(model):
@@ -172,11 +180,15 @@ def test_teacache_on_the_second_model(model):
     assert torch.equal(model.generate(PROMPT, seed=0, num_steps=steps), plain)  # disable() restored it
 
 
-def test_sample_has_two_objects_and_the_cameras_motion(model):
-    """A held-out prompt, 30 steps: the judge finds two objects and reads the camera asked for. (The model does not
-    yet meet its quality bar, all seven fields in 80% of held-out samples; tinyhv.evaluate_scenes measures it.)"""
+def test_sample_follows_a_held_out_prompt_but_its_shapes(model):
+    """A held-out prompt, 30 steps, the shipped sampling config (cfg 3): the judge reads the colours, the axis, the
+    speed and the camera asked for. (Shapes are the model's weak field: it meets its quality bar, all seven fields in
+    80% of held-out samples, only in part; tinyhv.evaluate_scenes measures it.)"""
+    wanted = scenes.parse_prompt(PROMPT)
     d = describe(model.generate(PROMPT, seed=1000, num_steps=30))
-    assert len(d["objects"]) == 2 and d["camera"] == "left", d
+    assert len(d["objects"]) == 2, d
+    assert {k: d[k] for k in ("colour1", "colour2", "axis", "speed", "camera")} == {
+        k: getattr(wanted, k) for k in ("colour1", "colour2", "axis", "speed", "camera")}, d
 
 
 # -- training ------------------------------------------------------------------- #

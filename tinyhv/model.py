@@ -273,7 +273,7 @@ class TinyHunyuanVideo15(TinyHunyuanVideo):
             "video": {"frames": scenes.FRAMES, "height": scenes.HEIGHT, "width": scenes.WIDTH, "channels": 3,
                       "value_range": [-1, 1], "space": "pixel"},
             "prediction": "sample",
-            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0, "cfg_scale": 1.0},
+            "sampling": {"num_steps": 50, "shift": 3.0, "guidance": 1.0, "cfg_scale": 3.0},
             "data": {"module": "tinyhv.scenes", "shapes": list(data.SHAPES), "colours": data.COLOURS,
                      "axes": scenes.AXES, "speeds_px": scenes.SPEEDS, "cameras": scenes.CAMERAS,
                      "pan_px": scenes.PAN_PX, "object_px": scenes.OBJECT_PX, "texture": scenes.TEXTURE,

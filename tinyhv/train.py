@@ -256,7 +256,9 @@ def main(argv=None) -> int:
                          f"weight decay {args.weight_decay}, grad-norm clip 1.0",
             "data_jitter_px": args.jitter, "ema": args.ema, "parameters": n_params,
             "final_train_loss": history[-1]["loss"] if history else None,
-            "final_heldout_val_loss": history[-1].get("val") if history else None,
+            # the last validation (every --ckpt-every steps, and at the planned last step)
+            **next(({"final_heldout_val_loss": h["val"], "final_heldout_val_loss_at_step": h["step"]}
+                    for h in reversed(history) if "val" in h), {"final_heldout_val_loss": None}),
             **({"init": init_record} if init_record is not None else {}),
         }}
         ema.save_pretrained(out / model_class.assets.name, extra=training)
