@@ -432,9 +432,9 @@ def methods(subject, profile, mag_ratios, quick):
 
     steps = subject.steps
     pick = (lambda xs: xs[::2]) if quick else (lambda xs: xs)
-    thresholds = [0.1, 0.15, 0.3, 0.7] if quick else TEACACHE_THRESHOLDS
+    thresholds = [0.1, 0.15, 0.2, 0.3, 0.45] if quick else TEACACHE_THRESHOLDS
     yield "none", "-", None
-    for n in SAMPLER_STEPS if not quick else SAMPLER_STEPS[::3]:
+    for n in SAMPLER_STEPS if not quick else SAMPLER_STEPS[::2]:
         yield "steps", n, Steps(n)
     for thresh in thresholds:
         yield "teacache", thresh, dict(rel_l1_thresh=thresh)
@@ -549,7 +549,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
     parser.add_argument("--quick", action="store_true",
-                        help="TeaCache at 0.1, 0.15, 0.3, 0.7 and every other setting of the other methods")
+                        help="TeaCache at 0.1, 0.15, 0.2, 0.3, 0.45 and every other setting of the other methods")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/caches_<model>.csv); "
                                                     "with --replot the PNG path")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",

@@ -19,7 +19,9 @@ which the flow is derived); ``t`` is logit-normal; the empty prompt replaces the
 (classifier-free guidance). AdamW, warmup then constant LR with a linear cool-down over the last
 ``--cooldown`` of progress, EMA of the weights (the exported model). Every ``--ckpt-every`` steps the full
 state goes to ``OUT/ckpt.pt`` (``--resume`` continues from it, bit-exactly up to thread timing; it refuses a
-checkpoint of the other ``--model``) and the EMA weights are exported to ``OUT/tiny_hunyuan_video.safetensors``
+checkpoint of the other ``--model``; ``--init WEIGHTS`` instead starts a new run from an export, model and EMA,
+with a fresh optimizer, keeping the export's training record) and the EMA weights are exported to
+``OUT/tiny_hunyuan_video.safetensors``
 (``OUT/tiny_hunyuan_video15_scenes.safetensors``, float16, for ``--model scenes``; + ``.json``), so an
 interrupted run is never lost. Copy that pair to ``assets/`` to ship it.
 """
