@@ -182,6 +182,8 @@ class Bar:
     report: Callable[[str, Dict], float]  # prints the split's accuracies, returns the bar's figure
     bar_name: str  # what the bar counts, e.g. "colour+shape+direction"
     miss: Callable[[Dict], Optional[str]]  # a sample's verdict -> a line when it misses the bar, else None
+    seeds: int = 1  # --seeds' default: samples per combination
+    max_combos: Optional[int] = None  # --max-combos' default
     grid_scale: int = 6
 
 
@@ -210,10 +212,10 @@ def parser(doc: str, seeds: int, max_combos: Optional[int]) -> argparse.Argument
     return p
 
 
-def run(bar: Bar, argv: Optional[Sequence[str]], doc: str, seeds: int, max_combos: Optional[int]) -> int:
+def run(bar: Bar, argv: Optional[Sequence[str]], doc: str) -> int:
     """Parse ``argv``, judge the splits' samples (or ground truth), print and write what was asked; 1 when the
     held-out split misses the bar."""
-    p = parser(doc, seeds, max_combos)
+    p = parser(doc, bar.seeds, bar.max_combos)
     args = p.parse_args(argv)
     if args.grid and args.grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
         p.error(f"--grid {args.grid}: name an image file (.png)")  # now, not after the run
@@ -291,11 +293,11 @@ def _miss(r: Dict) -> Optional[str]:
 
 
 BAR = Bar(split=data.split, pick=lambda combos, n: combos[:: max(1, len(combos) // n)][:n], render=_render,
-          load=_load, score=score, report=_report, bar_name="colour+shape+direction", miss=_miss)
+          load=_load, score=score, report=_report, bar_name="colour+shape+direction", miss=_miss, seeds=3)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run(BAR, argv, __doc__, seeds=3, max_combos=None)
+    return run(BAR, argv, __doc__)
 
 
 if __name__ == "__main__":

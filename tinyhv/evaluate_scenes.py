@@ -190,11 +190,11 @@ def _miss(r: Dict) -> Optional[str]:
 BAR = evaluate.Bar(
     split=scenes.split, pick=lambda combos, n: [combos[i * len(combos) // n] for i in range(min(n, len(combos)))],
     render=lambda wanted: ((scenes.render(wanted, torch.Generator().manual_seed(0)) + 1) / 2).clamp(0, 1),
-    load=_load, score=score, report=_report, bar_name="all seven", miss=_miss, grid_scale=4)
+    load=_load, score=score, report=_report, bar_name="all seven", miss=_miss, max_combos=48, grid_scale=4)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return evaluate.run(BAR, argv, __doc__, seeds=1, max_combos=48)
+    return evaluate.run(BAR, argv, __doc__)
 
 
 if __name__ == "__main__":
