@@ -200,8 +200,12 @@ def test_training_resumes_where_it_stopped(tmp_path):
 
     common = ["--model", "scenes", "--batch-size", "2", "--threads", "1", "--log-every", "1", "--ckpt-every", "2",
               "--warmup", "2"]
-    assert train.main([*common, "--steps", "4", "--out", str(tmp_path / "straight")]) == 0
-    assert train.main([*common, "--steps", "2", "--out", str(tmp_path / "split")]) == 0
+    sample = ["--prediction", "sample"]
+    assert train.main([*common, *sample, "--steps", "4", "--out", str(tmp_path / "straight")]) == 0
+    assert train.main([*common, *sample, "--steps", "2", "--out", str(tmp_path / "split")]) == 0
+    with pytest.raises(SystemExit, match="--prediction velocity: .*predicts sample"):
+        train.main([*common, "--prediction", "velocity", "--steps", "4", "--resume", "--out", str(tmp_path / "split")])
+    # resumed without --prediction: the run keeps its target (another one would not match bit for bit)
     assert train.main([*common, "--steps", "4", "--resume", "--out", str(tmp_path / "split")]) == 0
     name = SCENES_ASSETS.name
     a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "split" / name))
@@ -209,6 +213,7 @@ def test_training_resumes_where_it_stopped(tmp_path):
     config = json.loads((tmp_path / "split" / name).with_suffix(".json").read_text())
     assert config["training"]["steps_done"] == 4 and [c["from_step"] for c in config["training"]["commands"]] == [
         0, 2]
+    assert config["prediction"] == "sample"
     with pytest.raises(SystemExit, match="--model scenes run"):
         train.main(["--steps", "6", "--resume", "--batch-size", "2", "--out", str(tmp_path / "split")])
     assert np.isfinite(config["training"]["final_train_loss"])
@@ -224,13 +229,18 @@ def test_training_warm_starts_from_exported_weights(tmp_path):
     common = ["--model", "scenes", "--batch-size", "2", "--threads", "1", "--log-every", "1", "--ckpt-every", "2",
               "--warmup", "1"]
     name = SCENES_ASSETS.name
-    assert train.main([*common, "--steps", "2", "--out", str(tmp_path / "first")]) == 0
+    assert train.main([*common, "--prediction", "sample", "--steps", "2", "--out", str(tmp_path / "first")]) == 0
     first = tmp_path / "first" / name
     assert train.main([*common, "--steps", "2", "--lr", "0", "--init", str(first), "--out",
                        str(tmp_path / "warm")]) == 0
     a, b = load_file(str(first)), load_file(str(tmp_path / "warm" / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    record = json.loads((tmp_path / "warm" / name).with_suffix(".json").read_text())["training"]
+    sidecar = json.loads((tmp_path / "warm" / name).with_suffix(".json").read_text())
+    assert sidecar["prediction"] == "sample"  # the export's target, not --prediction's default
+    with pytest.raises(SystemExit, match="--prediction velocity: .*predicts sample"):
+        train.main([*common, "--prediction", "velocity", "--steps", "2", "--init", str(first), "--out",
+                    str(tmp_path / "other")])
+    record = sidecar["training"]
     assert record["init"]["weights"] == str(first) and record["init"]["training"]["steps_done"] == 2
     assert train.main([*common, "--steps", "4", "--init", str(first), "--out", str(tmp_path / "moved")]) == 0
     c = load_file(str(tmp_path / "moved" / name))

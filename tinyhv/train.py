@@ -99,9 +99,10 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=None, help="override num_attention_heads")
     p.add_argument("--single-layers", type=int, default=None, help="override num_single_layers")
     p.add_argument("--patch-size-t", type=int, default=None, help="override patch_size_t")
-    p.add_argument("--prediction", choices=["velocity", "sample"], default="velocity",
+    p.add_argument("--prediction", choices=["velocity", "sample"], default=None,
                    help="transformer output: the flow (as HunyuanVideo) or the clean clip x0 (JiT); the loss is "
-                        "the flow MSE either way")
+                        "the flow MSE either way (default: velocity for a new run; what the run already predicts "
+                        "with --resume or --init, which refuse another value)")
     return p.parse_args(argv)
 
 
@@ -117,6 +118,15 @@ def parse_jitter(text: str):
         return None
     across, along = (float(v) for v in text.split(","))
     return across, along
+
+
+def _same_prediction(args, recorded: str, source: Path) -> str:
+    """The prediction target of a run that continues ``source`` (a checkpoint or an export): the recorded one;
+    an explicit ``--prediction`` that differs is refused."""
+    if args.prediction not in (None, recorded):
+        raise SystemExit(f"tinyhv.train: error: --prediction {args.prediction}: {source} predicts {recorded} "
+                         f"(leave --prediction out to keep it)")
+    return recorded
 
 
 def lr_at(step: int, progress: float, args) -> float:
@@ -168,7 +178,7 @@ def main(argv=None) -> int:
     config = model_class.default_config()
     if args.heads:
         config["transformer"]["num_attention_heads"] = args.heads
-    config["prediction"] = args.prediction
+    config["prediction"] = args.prediction or "velocity"
     if args.patch_size_t is not None:
         config["transformer"]["patch_size_t"] = args.patch_size_t
     if args.single_layers is not None:
@@ -182,7 +192,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"tinyhv.train: error: --init {args.init}: needs the .safetensors and its .json")
         warm = model_class.from_pretrained(args.init)
         config = {**config, "transformer": warm.config["transformer"],
-                  "prediction": warm.config.get("prediction", "velocity")}
+                  "prediction": _same_prediction(args, warm.config.get("prediction", "velocity"), args.init)}
         init_record = {"weights": str(args.init), "training": warm.config.get("training")}
     model = model_class(config).train()
     if warm is not None:
@@ -209,6 +219,10 @@ def main(argv=None) -> int:
         trained = state.get("args", {}).get("model", "shapes")
         if trained != args.model:
             raise SystemExit(f"tinyhv.train: error: {ckpt_path} is a --model {trained} run, not --model {args.model}")
+        # the target is not in the state dict: a run resumed with another one would silently train for it
+        recorded = state.get("prediction") or state["args"].get("prediction", "velocity")  # older: args only
+        config["prediction"] = _same_prediction(args, recorded, ckpt_path)
+        model.config["prediction"] = ema.config["prediction"] = config["prediction"]
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -241,7 +255,7 @@ def main(argv=None) -> int:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "g_data": g_data.get_state(), "g_noise": g_noise.get_state(), "step": step, "wall_s": wall(),
-                    "paused_s": clock["paused"], "history": history, "commands": commands, "init": init_record,
+                    "paused_s": clock["paused"], "history": history, "prediction": config["prediction"], "commands": commands, "init": init_record,
                     "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(ckpt_path)
         training = {"training": {
