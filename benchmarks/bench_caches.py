@@ -18,7 +18,9 @@ reference itself is from the converged sampler).
     python3 benchmarks/bench_caches.py --model scenes    # the second (HunyuanVideo 1.5's), harder content
     python3 benchmarks/bench_caches.py --model random    # a mid-size random-weight transformer
 
-Prints a table (computed steps = transformer calls whose block stack really ran, mean over runs; speedup =
+Prints a table (computed steps = transformer calls whose block stack really ran, mean over runs; blocks run = the
+blocks that really ran, over every stack, in steps' worth: a cache that always computes its first blocks counts
+them here; speedup =
 uncached wall time / method wall time, where the uncached run is timed again right after each timed run so
 that a shared machine's drift cancels, fastest of ``--repeats`` each; PSNR/SSIM against the uncached output,
 for the random model on the raw output with the uncached output's range), and writes it as CSV, plus plots of
@@ -388,6 +390,20 @@ def computed_counter(transformer, from_end=1, on="query"):
     return count
 
 
+def block_counter(transformer):
+    """Counts the blocks that really ran, over every stack: calls of each block's MLP (``ff``, or ``proj_mlp`` in
+    HunyuanVideo's single-stream blocks), which runs exactly when the block computes, whether a cache skips whole
+    steps (TeaCache), all blocks but the first few (FirstBlockCache, cache-dit's ``Fn``/``Bn``), single blocks
+    (DBPrune), or only attention inside a block that runs (FasterCache, PAB). Returns ``(count, number of
+    blocks)``: ``count[0] / blocks`` is the generation's work in steps' worth of blocks."""
+    blocks = [b for name in block_stacks(transformer) for b in getattr(transformer, name)]
+    count = [0]
+    for block in blocks:
+        (block.ff if hasattr(block, "ff") else block.proj_mlp).register_forward_pre_hook(
+            lambda *_: count.__setitem__(0, count[0] + 1))
+    return count, len(blocks)
+
+
 def calibrate(subject):
     """TeaCache profile and MagCache ratios from uncached runs on the calibration prompts/seeds."""
     cache = tc.enable_teacache(subject.transformer, 0.0, trace=True)
@@ -605,6 +621,7 @@ def main() -> int:
     subject = Random(args.steps) if args.model == "random" else Trained(
         args.steps, "shapes" if args.model == "trained" else "scenes")
     counters = {(1, "query"): computed_counter(subject.transformer)}
+    blocks_run, n_blocks = block_counter(subject.transformer)
     profile, mag_ratios = calibrate(subject)
 
     baseline, rows = {}, []
@@ -613,7 +630,7 @@ def main() -> int:
         named = args.methods or ["default"]
         if name != "none" and name not in named and ("default" not in named or name in STUDIES):
             continue
-        psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention = [], [], [], [], [], [], [], []
+        psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention, work = [], [], [], [], [], [], [], [], []
         key = (getattr(config, "counted_block", 1), getattr(config, "counted_on", "query"))
         if key not in counters:
             counters[key] = computed_counter(subject.transformer, *key)
@@ -621,9 +638,9 @@ def main() -> int:
         for run in subject.eval_runs:
             times, base_times = [], []
             for _ in range(args.repeats):
-                counter[0] = 0
+                counter[0] = blocks_run[0] = 0
                 out, seconds = generate(subject, config, run)
-                n = counter[0]
+                n, ran = counter[0], blocks_run[0] / n_blocks
                 if isinstance(config, CacheDit):
                     config.check(n, args.steps)
                     cd_stats.append(config.stats)
@@ -635,6 +652,7 @@ def main() -> int:
             walls.append(min(times))
             base_walls.append(min(base_times or times))
             computed.append(n)
+            work.append(ran)
             if name == "none":
                 baseline[str(run)] = out
             ref = baseline[str(run)]
@@ -646,12 +664,13 @@ def main() -> int:
                     same.append(judge(out, ref))
         speedup = sum(base_walls) / sum(walls)
         rows.append(dict(method=name, setting=setting, computed=float(np.mean(computed)), steps=args.steps,
-                         wall_s=float(np.mean(walls)), speedup=speedup,
+                         block_steps=float(np.mean(work)), wall_s=float(np.mean(walls)), speedup=speedup,
                          psnr=float(np.mean(psnrs)) if psnrs else math.inf,
                          ssim=float(np.mean(ssims)) if ssims else 1.0,
                          **({"same_content": float(np.mean(same)) if same else 1.0} if judge else {})))
         r = rows[-1]
-        print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
+        print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  blocks run "
+              f"{r['block_steps']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
               f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
         if attention:
@@ -689,17 +708,31 @@ def markdown(rows) -> str:
     """The rows as a Markdown table: method, setting, computed steps, ideal and measured speedup, wall time, PSNR,
     SSIM and, where measured, same content."""
     judged = all(r.get("same_content") not in (None, "") for r in rows)
-    head = ["method", "setting", f"computed /{rows[0]['steps']}", "ideal speedup", "wall s", "measured speedup",
-            "PSNR dB", "SSIM"] + (["same content"] if judged else [])
+    work = _have_block_steps(rows)
+    steps = rows[0]["steps"]
+    head = ["method", "setting", f"computed /{steps}", *([f"blocks run /{steps}"] if work else []), "ideal speedup",
+            "wall s", "measured speedup", "PSNR dB", "SSIM"] + (["same content"] if judged else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["setting"], f"{float(r['computed']):.1f}",
-                 f"{float(r['steps']) / float(r['computed']):.2f}x", f"{float(r['wall_s']):.3f}",
-                 f"{float(r['speedup']):.2f}x", f"{float(r['psnr']):.2f}", f"{float(r['ssim']):.4f}"]
+                 *([f"{float(r['block_steps']):.1f}"] if work else []), f"{_ideal(r, work):.2f}x",
+                 f"{float(r['wall_s']):.3f}", f"{float(r['speedup']):.2f}x", f"{float(r['psnr']):.2f}",
+                 f"{float(r['ssim']):.4f}"]
         if judged:
             cells.append(f"{float(r['same_content']):.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _have_block_steps(rows) -> bool:
+    """Whether every row measured the blocks that ran (CSVs written before that column lack it)."""
+    return all(r.get("block_steps") not in (None, "") for r in rows)
+
+
+def _ideal(r, work: bool) -> float:
+    """The ideal speedup: steps over the blocks that ran (in steps' worth) where measured, else over the computed
+    steps (which leaves out a cache's always-computed first blocks)."""
+    return float(r["steps"]) / float(r["block_steps"] if work else r["computed"])
 
 
 def _fail(message: str) -> int:
@@ -727,7 +760,7 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 
 def plot(rows, path, title):
     """PSNR, SSIM and, for the trained models, the judge's "same content" (rows) against the ideal speedup (steps /
-    computed steps: deterministic) and the measured wall-clock speedup (columns), one curve per method (20 colours,
+    blocks run, or computed steps for CSVs without that column: deterministic) and the measured wall-clock speedup (columns), one curve per method (20 colours,
     then dashed), points in the order of its setting sweep; runs with more steps than the benchmark's (slowdowns)
     stay in the table only."""
     import matplotlib
@@ -747,14 +780,15 @@ def plot(rows, path, title):
     def curve(r):  # cache-dit's DBCache: one curve per Fn/Bn setting
         return f"{r['method']} {r['setting'].split(':')[0]}" if r["method"].startswith("cachedit-") else r["method"]
 
+    work = _have_block_steps(rows)
     for name in dict.fromkeys(curve(r) for r in rows if r["method"] != "none"):
         mine = [r for r in rows if curve(r) == name and float(r["computed"]) <= float(r["steps"])]
         for (i, (key, _)), (j, speed) in itertools.product(enumerate(keys), enumerate(("ideal", "measured"))):
-            x = [float(r["steps"]) / float(r["computed"]) if speed == "ideal" else float(r["speedup"]) for r in mine]
+            x = [_ideal(r, work) if speed == "ideal" else float(r["speedup"]) for r in mine]
             axes[i][j].plot(x, [float(r[key]) for r in mine], marker="o", label=name)
+    ideal = "ideal speedup (steps / " + ("blocks run, in steps)" if work else "computed steps)")
     for (i, (_, label)), (j, xlabel) in itertools.product(
-            enumerate(keys),
-            enumerate(("ideal speedup (steps / computed steps)", "measured speedup (uncached wall time / wall time)"))):
+            enumerate(keys), enumerate((ideal, "measured speedup (uncached wall time / wall time)"))):
         axes[i][j].set_xlabel(xlabel)
         axes[i][j].set_ylabel(label)
         axes[i][j].set_xscale("log")  # a cache that skips almost everything would squash the others' curves

@@ -45,6 +45,7 @@ def peers(request):
     subject = bench.Trained(STEPS, request.param)
     run = subject.eval_runs[0]
     counters = {k: bench.computed_counter(subject.transformer, k) for k in (1, 2)}  # the last block, the one before
+    counters["blocks"] = bench.block_counter(subject.transformer)[0]  # every block that ran, all stacks
     reference = bench.generate(subject, None, run)[0]
     return bench, subject, run, counters, reference
 
@@ -61,7 +62,7 @@ def _method(bench, name, setting_prefix, threshold):
 def _generate(peers, config):
     bench, subject, run, counters, _ = peers
     counter = counters[config.counted_block]
-    counter[0] = 0
+    counter[0] = counters["blocks"][0] = 0
     out = bench.generate(subject, config, run)[0]
     config.check(counter[0], STEPS)  # the benchmark's count against cache_dit.summary's stats
     return out, counter[0], config.stats
@@ -97,6 +98,11 @@ def test_reusing_skips_steps_and_changes_the_output(peers, name, setting):
     assert computed == 1  # the warmup step; both later steps skipped
     assert not torch.equal(out, reference)
     assert (out - reference).abs().max() > 1e-4
+    # the benchmark's "blocks run" counts exactly the blocks whose attention ran ...
+    assert peers[3]["blocks"][0] == sum(c[0] for c in ran.values())
+    if name != "cachedit-dbprune":  # ... which are all of them once, then the first Fn and last Bn of each stack
+        always = config.cache_config.Fn_compute_blocks + config.cache_config.Bn_compute_blocks
+        assert peers[3]["blocks"][0] == sum(len(b) + (STEPS - 1) * always for b in blocks.values())
     if name == "cachedit-dbprune":
         # every block call cache-dit counts as not pruned really ran
         assert {k: s["blocks"] - s["pruned"] for k, s in stats.items()} == {k: c[0] for k, c in ran.items()}

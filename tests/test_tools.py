@@ -228,4 +228,7 @@ def test_bench_caches_runs_end_to_end_and_writes_its_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == ["none"] + ["teacache"] * 7
     assert all(r["steps"] == "4" and 1 <= float(r["computed"]) <= 4 for r in rows)
+    # TeaCache runs all blocks of a step or none: the blocks run, in steps, are the computed steps
+    assert all(float(r["block_steps"]) == float(r["computed"]) for r in rows)
+    assert rows[0]["block_steps"] == "4.0"
     assert f"wrote {out}" in proc.stdout
