@@ -760,8 +760,8 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 
 def plot(rows, path, title):
     """PSNR, SSIM and, for the trained models, the judge's "same content" (rows) against the ideal speedup (steps /
-    blocks run, or computed steps for CSVs without that column: deterministic) and the measured wall-clock speedup (columns), one curve per method (20 colours,
-    then dashed), points in the order of its setting sweep; runs with more steps than the benchmark's (slowdowns)
+    blocks run, or computed steps for CSVs without that column: deterministic) and the measured wall-clock speedup
+    (columns), one curve per method (20 colours, then dashed), points in the order of its setting sweep; runs with more steps than the benchmark's (slowdowns)
     stay in the table only."""
     import matplotlib
     import matplotlib.ticker
