@@ -630,7 +630,7 @@ def main() -> int:
         named = args.methods or ["default"]
         if name != "none" and name not in named and ("default" not in named or name in STUDIES):
             continue
-        psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention, work = [], [], [], [], [], [], [], [], []
+        psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention, work = ([] for _ in range(9))
         key = (getattr(config, "counted_block", 1), getattr(config, "counted_on", "query"))
         if key not in counters:
             counters[key] = computed_counter(subject.transformer, *key)
@@ -761,8 +761,8 @@ def _video(x: torch.Tensor) -> torch.Tensor:
 def plot(rows, path, title):
     """PSNR, SSIM and, for the trained models, the judge's "same content" (rows) against the ideal speedup (steps /
     blocks run, or computed steps for CSVs without that column: deterministic) and the measured wall-clock speedup
-    (columns), one curve per method (20 colours, then dashed), points in the order of its setting sweep; runs with more steps than the benchmark's (slowdowns)
-    stay in the table only."""
+    (columns), one curve per method (20 colours, then dashed), points in the order of its setting sweep; runs with
+    more steps than the benchmark's (slowdowns) stay in the table only."""
     import matplotlib
     import matplotlib.ticker
 

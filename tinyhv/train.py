@@ -255,7 +255,8 @@ def main(argv=None) -> int:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "g_data": g_data.get_state(), "g_noise": g_noise.get_state(), "step": step, "wall_s": wall(),
-                    "paused_s": clock["paused"], "history": history, "prediction": config["prediction"], "commands": commands, "init": init_record,
+                    "paused_s": clock["paused"], "history": history, "prediction": config["prediction"],
+                    "commands": commands, "init": init_record,
                     "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(ckpt_path)
         training = {"training": {
