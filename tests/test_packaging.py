@@ -2,9 +2,11 @@
 `teacache_sample_video` and the `teacache-hunyuanvideo` command, and nothing else of the repository.
 
 The repository's files (those git would clone) are copied to a temporary folder, so that the build's
-build/ and *.egg-info/ never land in the checkout, and installed into a fresh venv that sees the system's
-site-packages (torch, numpy, loguru come from there; nothing is downloaded: --no-deps --no-build-isolation
---no-index). Everything installed is then run from a folder outside both the copy and the repository.
+build/ and *.egg-info/ never land in the checkout, and installed into a fresh venv that sees the running
+interpreter's site-packages through a .pth file (torch, numpy, loguru, setuptools and pip come from there; nothing
+is downloaded: --no-deps --no-build-isolation --no-index). That holds whether the tests run in a plain venv, a venv
+with system site-packages or the system's Python. Everything installed is then run from a folder outside both the
+copy and the repository.
 """
 
 import json
@@ -86,23 +88,32 @@ def _venv_python(env_dir: Path) -> Path:
     return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def _running_site_dirs():
+    """The running interpreter's import path entries that hold installed packages (its venv's site-packages, and
+    the system's where that venv sees them): what the test venv is given, in the same order."""
+    import site
+
+    dirs = list(site.getsitepackages()) + [site.getusersitepackages()] * site.ENABLE_USER_SITE
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def installed(source, tmp_path_factory):
-    """A venv over the system's site-packages with the package installed from the copied checkout."""
+    """A fresh venv, without pip of its own, that sees the running interpreter's packages through a .pth file
+    (a venv's --system-site-packages would show the base interpreter's instead, which in a plain venv lacks the
+    test stack), with the package installed into it from the copied checkout by that pip."""
     env_dir = tmp_path_factory.mktemp("venv") / "env"
-    try:  # no pip of its own: the system's pip (seen through --system-site-packages) installs into the venv
-        venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=os.name != "nt").create(env_dir)
+    try:
+        venv.EnvBuilder(system_site_packages=False, with_pip=False, symlinks=os.name != "nt").create(env_dir)
     except Exception as e:  # pragma: no cover - depends on the interpreter's build
         pytest.skip(f"cannot create a venv here: {e!r}")
     python = _venv_python(env_dir)
     outside = tmp_path_factory.mktemp("outside")
-    if _run([python, "-m", "pip", "--version"], outside).returncode != 0:
-        ensure = _run([python, "-m", "ensurepip", "--default-pip"], outside)
-        if ensure.returncode != 0:
-            pytest.skip(f"no pip usable in a venv here (ensurepip: {ensure.stderr.strip()[-300:]})")
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], outside)
+    Path(purelib.stdout.strip(), "_running_interpreter.pth").write_text("\n".join(_running_site_dirs()) + "\n")
+    assert _run([python, "-m", "pip", "--version"], outside).returncode == 0, "pip not visible in the test venv"
     pip = _run([python, "-m", "pip", "install", *PIP_OFFLINE, source], outside)
     assert pip.returncode == 0, f"pip install of the checkout failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}"
-    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], outside)
     scripts = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['scripts'])"], outside)
     return dict(python=python, outside=outside, purelib=Path(purelib.stdout.strip()),
                 scripts=Path(scripts.stdout.strip()), source=source)
