@@ -16,16 +16,28 @@ previous step, rescale it with a fitted polynomial and accumulate it. While the
 sum stays below the threshold, every transformer block is skipped and the image
 residual cached at the last computed step is added instead.
 
-Reading order: config -> per-transformer state -> decision rule -> block hooks ->
-public API -> CLI. Nothing here copies upstream's forward: the cache wraps the
-``forward`` of the blocks on the instance, so it composes with whatever the
-transformer's own ``forward`` has become (xfuser sequence parallelism, FP8
-linears, CPU offload hooks).
+Three layers, in reading order:
+
+1. the engine: residual predictors and decision indicators, ``TeaCacheConfig`` (the single source of the
+   options: ``enable_teacache``'s keywords, the CLI flags and the report come from its fields), the decision
+   rule, the per-transformer state and the hooks (``TeaCache``);
+2. the models: one registry of specs (``MODELS``, matched by exact class) and one small adapter per
+   implementation, which says where the modulated input and the image tokens are;
+3. the entry points: calibration profiles, the Tencent checkouts' CLI (HunyuanVideo, -I2V, -1.5) and the
+   diffusers CLI, which share one generation loop.
+
+Nothing here copies upstream's forward: the cache wraps the ``forward`` of the blocks on the instance, so it
+composes with whatever the transformer's own ``forward`` has become (xfuser sequence parallelism, FP8 linears,
+CPU offload hooks, torch.compile).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import math
 import sys
@@ -33,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,9 +54,14 @@ from loguru import logger
 __all__ = [
     "PUBLISHED_COEFFICIENTS",
     "RULES",
+    "INDICATORS",
+    "MODELS",
+    "ModelSpec",
     "TeaCacheConfig",
     "TeaCache",
     "enable_teacache",
+    "find_model",
+    "register_model",
     "teacache_decision",
     "replay",
     "threshold_for_speedup",
@@ -56,42 +73,173 @@ __all__ = [
     "main",
 ]
 
-# --------------------------------------------------------------------------- #
-# Config                                                                       #
-# --------------------------------------------------------------------------- #
+# =========================================================================== #
+# 1. The engine                                                                #
+# =========================================================================== #
 
 #: The published rescale polynomial for HunyuanVideo (highest power first),
 #: fitted on 50-step 720p generations. Its minimum is about 0.052, so at a
 #: threshold of 0.15 at most two steps in a row are skipped.
 PUBLISHED_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
 
-
-#: What a skipped step adds: "reuse" the last residual (published); "extrapolate" it linearly in the timestep from
-#: the last two computed residuals; "fitted": that extrapolation times a gain in [0, 1] re-fitted at every
-#: computed step (least squares on how well it would have predicted the residual just computed: 0 is reuse,
-#: 1 is "extrapolate"), so that it backs off where the residual does not move in a straight line.
-RULES = ("reuse", "extrapolate", "fitted")
-#: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
-#: constant over the steps: it adds nothing to the change and dilutes it by its share of the tokens) or not.
-FIRST_FRAME = ("include", "exclude")
-
 #: The statistics (indicator, fitted gain) are summed over chunks of this many elements, so the temporaries they
 #: need stay this small (64 MiB in fp32) whatever the resolution.
 CHUNK_ELEMENTS = 1 << 24
 
 
+# -- residual predictors: what a skipped call adds --------------------------- #
+
+class Reuse:
+    """The residual of the last computed call (published)."""
+
+    name = "reuse"
+    keeps_older = False  # whether the residual before the last one is kept
+
+    def predict(self, b: "_Branch", t: Optional[float]) -> torch.Tensor:
+        return b.residual
+
+    def observe(self, b: "_Branch", residual: torch.Tensor, t: Optional[float], sums: Callable) -> None:
+        """Called with each newly computed residual, before it replaces ``b.residual``."""
+
+    @staticmethod
+    def extrapolation_step(b: "_Branch", t: Optional[float]) -> Optional[float]:
+        """``(t - t1) / (t1 - t0)`` for the last two computed residuals, None where it is not defined."""
+        t1, t0 = b.residual_at, b.older_residual_at
+        if b.older_residual is None or None in (t, t1, t0) or t1 == t0:
+            return None
+        return (t - t1) / (t1 - t0)
+
+
+class Extrapolate(Reuse):
+    """The last residual extrapolated linearly in the timestep from the last two computed ones:
+    ``r1 + gain * (r1 - r0) * (t - t1) / (t1 - t0)`` with gain 1."""
+
+    name = "extrapolate"
+    keeps_older = True
+
+    def gain(self, b: "_Branch") -> float:
+        return 1.0
+
+    def predict(self, b, t):
+        step = self.extrapolation_step(b, t)
+        return b.residual if step is None else torch.lerp(b.older_residual, b.residual, 1.0 + self.gain(b) * step)
+
+
+class Fitted(Extrapolate):
+    """That extrapolation times a gain in [0, 1], re-fitted at every computed call by least squares on how well it
+    would have predicted the residual just computed (0 is reuse, 1 is extrapolate), so that it backs off where the
+    residual does not move in a straight line. Both sums are reduced over the sequence-parallel group."""
+
+    name = "fitted"
+
+    def gain(self, b):
+        return b.gains[-1] if b.gains else 1.0
+
+    def observe(self, b, residual, t, sums):
+        step = self.extrapolation_step(b, t)
+        if step is None or step == 0:
+            return
+
+        def along_and_norm(now, r1, r0):
+            slope = torch.sub(r1, r0)
+            return torch.mul(now - r1, slope).sum(dtype=torch.float32), slope.square_().sum(dtype=torch.float32)
+
+        along, norm = sums(along_and_norm, residual, b.residual, b.older_residual)
+        if norm > 0 and math.isfinite(along / norm):
+            b.gains.append(min(max(along / (norm * step), 0.0), 1.0))
+
+
+PREDICTORS = {p.name: p() for p in (Reuse, Extrapolate, Fitted)}
+#: The residual predictors' names (``rule=``).
+RULES = tuple(PREDICTORS)
+
+
+# -- decision indicators: how much a call's input changed ------------------- #
+
+class ModulatedInput:
+    """TeaCache's indicator: the relative L1 change of the first block's modulated image input since the
+    branch's previous call (without the first frame's tokens with ``first_frame="exclude"``)."""
+
+    name = "modulated-input"
+
+    def change(self, cache: "TeaCache", b: "_Branch", block, args, kwargs) -> Optional[float]:
+        now = cache.adapter.modulated_input(block, args, kwargs)
+        if cache.config.first_frame == "exclude":
+            now = now[:, cache.adapter.first_frame_tokens(args, kwargs):]
+        previous, b.previous_signal = b.previous_signal, now
+        cache.generation.activation_bytes = now.numel() * now.element_size()
+        return None if previous is None else cache.relative_l1(now, previous)
+
+
+INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput,)}
+#: The decision indicators' names (``indicator=``); the first is the published one.
+INDICATORS = tuple(INDICATORS_BY_NAME)
+#: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
+#: constant over the steps: it adds nothing to the change and dilutes it by its share of the tokens) or not.
+FIRST_FRAME = ("include", "exclude")
+
+
+# -- the configuration: the one source of the options ------------------------ #
+
+def _number(convert: Callable, minimum: float, what: str) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting finite numbers >= ``minimum``."""
+    def parse(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if not (math.isfinite(number) and number >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
+    return parse
+
+
+_threshold = _number(float, 0, "a number >= 0")
+_speedup = _number(float, 1, "a number >= 1")
+
+
+def _flag(name: str, help: str, **argparse_kwargs) -> dict:
+    """A config field's CLI flag (``add_teacache_args`` builds the parser from these)."""
+    return {"flag": name, "argparse": dict(help=help, **argparse_kwargs)}
+
+
 @dataclass(frozen=True)
 class TeaCacheConfig:
-    """What the cache does; immutable, one per enabled transformer. The defaults are the published rule."""
+    """What the cache does; immutable, one per enabled transformer. The defaults are the published rule. Each
+    field is a keyword of ``enable_teacache``, a key of the report and, where it has a flag, a CLI option."""
 
-    rel_l1_thresh: float = 0.15
-    coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS
-    warmup_steps: int = 1  # the first N steps are always computed (the published rule: 1)
-    max_consecutive_skips: Optional[int] = None  # never skip more than K steps in a row
-    rule: str = "reuse"  # what a skipped step adds: one of RULES
-    trace: bool = False  # also record the residual change per step (calibration; one more residual held)
-    first_frame: str = "include"  # token_replace image-to-video: one of FIRST_FRAME (the residual covers all)
-    schedule: Optional[Tuple[int, int, int]] = None  # (start, end, interval): a fixed schedule, see fixed_schedule
+    rel_l1_thresh: float = field(default=0.15, metadata=_flag(
+        "--rel-l1-thresh", type=_threshold,
+        help="Accumulated rescaled relative-L1 change below which the transformer blocks are skipped. 0.1 ~ 1.6x, "
+             "0.15 ~ 2.1x (published, 50 steps); 0 turns caching off (output identical to the checkout's own "
+             "script)."))
+    coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS  # the rescale polynomial (a profile's, via the CLI)
+    warmup_steps: int = field(default=1, metadata=_flag(
+        "--teacache-warmup-steps", type=_number(int, 1, "an integer >= 1"), metavar="N",
+        help="Always compute the first N steps (the published rule: 1)."))
+    max_consecutive_skips: Optional[int] = field(default=None, metadata=_flag(
+        "--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), metavar="K",
+        help="Never skip more than K calls in a row (default: no cap)."))
+    rule: str = field(default="reuse", metadata=_flag(
+        "--teacache-rule", choices=RULES,
+        help="What a skipped step adds: 'reuse' the last residual (published), 'extrapolate' it to the current "
+             "timestep from the last two computed steps, or 'fitted': that extrapolation scaled by a gain in "
+             "[0, 1] re-fitted at each computed step. See docs/how-it-works.md."))
+    indicator: str = field(default=INDICATORS[0], metadata=_flag(
+        "--teacache-indicator", choices=INDICATORS,
+        help="What decides: 'modulated-input', the change of the first block's modulated input (published)."))
+    first_frame: str = field(default="include", metadata=_flag(
+        "--teacache-first-frame", choices=FIRST_FRAME,
+        help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
+             "given image, the same at every step). 'exclude' makes it independent of the video's length; the "
+             "residual always covers every token. A profile is tied to this choice."))
+    schedule: Optional[Tuple[int, int, int]] = field(default=None, metadata=_flag(
+        "--teacache-schedule", type=_number(int, 0, "an integer >= 0"), nargs=3,
+        metavar=("START", "END", "INTERVAL"),
+        help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in cache computes "
+             "([0, START), every INTERVAL-th step of [START, END), [END, steps); its defaults are 11 45 4). The "
+             "threshold is not used; the rule still says what a skipped step adds."))
+    trace: bool = False  # also record the residual change per call (calibration; one more residual held)
 
     def __post_init__(self):
         thresh = self.rel_l1_thresh
@@ -105,10 +253,9 @@ class TeaCacheConfig:
         cap = self.max_consecutive_skips
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
             raise ValueError(f"max_consecutive_skips must be None or an int >= 0, got {cap!r}")
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
-        if self.first_frame not in FIRST_FRAME:
-            raise ValueError(f"first_frame must be one of {FIRST_FRAME}, got {self.first_frame!r}")
+        for name, allowed in (("rule", RULES), ("indicator", INDICATORS), ("first_frame", FIRST_FRAME)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.schedule is not None:
             object.__setattr__(self, "schedule", tuple(self.schedule))
             if len(self.schedule) != 3 or not all(isinstance(v, int) and v >= 0 for v in self.schedule) \
@@ -121,88 +268,40 @@ class TeaCacheConfig:
         """Threshold 0 turns caching off (every block runs, outputs are untouched), unless a schedule is fixed."""
         return self.rel_l1_thresh > 0 or self.schedule is not None
 
+    @property
+    def predictor(self) -> Reuse:
+        return PREDICTORS[self.rule]
+
     def rescale(self, rel_l1: float) -> float:
         return float(np.polyval(self.coefficients, rel_l1))
 
     def as_dict(self) -> dict:
-        return {"rel_l1_thresh": self.rel_l1_thresh, "coefficients": list(self.coefficients),
-                "warmup_steps": self.warmup_steps, "max_consecutive_skips": self.max_consecutive_skips,
-                "rule": self.rule, "first_frame": self.first_frame,
-                "schedule": None if self.schedule is None else list(self.schedule)}
+        """The options as the report and the profiles hold them (``trace`` is a run's, not an option)."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in dataclasses.fields(self) if f.name != "trace" for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def flags(cls) -> Dict[str, dataclasses.Field]:
+        """The fields that are CLI options, by their dest in a parsed command line (``teacache_rule`` for
+        ``--teacache-rule``: prefixed, so that they never meet a checkout's own options)."""
+        return {f.metadata["flag"][2:].replace("-", "_"): f for f in dataclasses.fields(cls) if "flag" in f.metadata}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TeaCacheConfig":
+        """The config a parsed command line asks for."""
+        return cls(**{f.name: getattr(args, dest) for dest, f in cls.flags().items()})
 
 
-# --------------------------------------------------------------------------- #
-# Per-transformer state (reset at the start of every generation)               #
-# --------------------------------------------------------------------------- #
-
-
-@dataclass
-class _Branch:
-    """What one guidance branch remembers between steps (upstream batches CFG: one branch;
-    diffusers' true CFG calls the transformer twice per step: two branches, never mixed)."""
-
-    skipping: bool = False  # decision for the step in progress
-    accumulated: float = 0.0
-    skipped_in_a_row: int = 0
-    previous_modulated: Optional[torch.Tensor] = None
-    residual: Optional[torch.Tensor] = None  # image tokens out of the block stack minus in, last computed step
-    residual_at: Optional[float] = None  # timestep of that step
-    older_residual: Optional[torch.Tensor] = None  # the computed step before ("extrapolate", "fitted", trace)
-    older_residual_at: Optional[float] = None
-    block_input: Optional[torch.Tensor] = None  # image tokens into the stack (compute steps only)
-    computed_steps: List[int] = field(default_factory=list)
-    skipped_steps: List[int] = field(default_factory=list)
-    rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per step
-    residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per step
-    gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
-
-    @property
-    def gain(self) -> float:
-        """The "fitted" rule's gain in use: the last one fitted (1, plain extrapolation, until the first fit)."""
-        return self.gains[-1] if self.gains else 1.0
-
-    def held_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.previous_modulated, self.residual, self.older_residual)
-                   if t is not None)
-
-
-@dataclass
-class _Generation:
-    """Per-transformer state of one generation; ``reset`` replaces it whole."""
-
-    num_steps: Optional[int] = None
-    step: int = -1  # index of the step in progress
-    timestep: Optional[float] = None
-    branches: List[_Branch] = field(default_factory=lambda: [_Branch()])
-    branch: int = 0
-    started: Optional[float] = None
-    finished: Optional[float] = None
-    peak_cache_bytes: int = 0  # most memory the cache itself held at once
-    activation_bytes: int = 0  # one image activation (the modulated input), for scale
-    own_time_s: float = 0.0  # host time spent in the cache's own work (on a GPU: launching it, not running it)
-    scheduled: Optional[frozenset] = None  # a fixed schedule's steps (TeaCacheConfig.schedule), once per generation
-
-    @property
-    def current(self) -> _Branch:
-        return self.branches[self.branch]
-
-    def account(self) -> None:
-        self.peak_cache_bytes = max(self.peak_cache_bytes, sum(b.held_bytes() for b in self.branches))
-
-
-# --------------------------------------------------------------------------- #
-# Decision rule                                                                #
-# --------------------------------------------------------------------------- #
-
+# -- the decision rule ------------------------------------------------------ #
 
 def teacache_decision(step: int, num_steps: int, accumulated: float, rescaled: float, rel_l1_thresh: float, *,
                       warmup_steps: int = 1, skipped_in_a_row: int = 0,
                       max_consecutive_skips: Optional[int] = None):
-    """The published rule for one step: returns ``(compute, new_accumulated)``.
+    """The published rule for one call: returns ``(compute, new_accumulated)``.
 
     The first ``warmup_steps`` steps (the reference: 1) and the last step are always computed, nothing
     else: the reference script as fixed on 2024-12-27 (``num_steps = infer_steps``, its counter wrapping
-    at ``num_steps``). With ``max_consecutive_skips`` a step is computed once that many were skipped in a row.
+    at ``num_steps``). With ``max_consecutive_skips`` a call is computed once that many were skipped in a row.
     """
     if step < warmup_steps or step >= num_steps - 1:
         return True, 0.0
@@ -220,35 +319,40 @@ def fixed_schedule(num_steps: int, start: int, end: int, interval: int) -> List[
     return sorted(steps | set(range(end, num_steps)))
 
 
-def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig) -> List[int]:
-    """The steps the rule computes on a recorded indicator trace (one value per step, first ``None``)."""
+def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: Optional[Sequence[int]] = None,
+           num_steps: Optional[int] = None) -> List[int]:
+    """The calls the rule computes on a recorded indicator trace (one value per call, first ``None``); ``steps``:
+    the step of each call (default one call per step), ``num_steps`` the generation's (default: the calls')."""
+    steps = range(len(rel_l1)) if steps is None else steps
+    num_steps = len(rel_l1) if num_steps is None else num_steps
     computed, acc, run = [], 0.0, 0
-    for step, value in enumerate(rel_l1):
+    for call, (step, value) in enumerate(zip(steps, rel_l1)):
         rescaled = 0.0 if value is None else config.rescale(value)
-        compute, acc = teacache_decision(step, len(rel_l1), acc, rescaled, config.rel_l1_thresh,
+        compute, acc = teacache_decision(step, num_steps, acc, rescaled, config.rel_l1_thresh,
                                          warmup_steps=config.warmup_steps, skipped_in_a_row=run,
                                          max_consecutive_skips=config.max_consecutive_skips)
         run = 0 if compute else run + 1
         if compute:
-            computed.append(step)
+            computed.append(call)
     return computed
 
 
-def threshold_for_speedup(traces: Sequence[Sequence[Optional[float]]], speedup: float,
-                          config: TeaCacheConfig) -> tuple:
-    """Pick the threshold whose replay on recorded traces computes closest to ``steps / speedup`` steps.
+def threshold_for_speedup(traces: Sequence[Any], speedup: float, config: TeaCacheConfig) -> tuple:
+    """Pick the threshold whose replay on recorded traces computes closest to ``calls / speedup`` calls.
 
-    Returns ``(threshold, mean computed steps on the traces)``; among equally close thresholds the
-    smallest (most steps computed) wins.
+    ``traces``: indicator traces (one value per step), or dicts with ``rel_l1`` and, for several calls per step,
+    ``steps`` and ``num_steps``. Returns ``(threshold, mean computed calls on the traces)``; among equally close
+    thresholds the smallest (most calls computed) wins.
     """
     if not speedup >= 1:
         raise ValueError(f"speedup must be >= 1, got {speedup!r}")
-    num_steps = len(traces[0])
-    target = num_steps / speedup
+    traces = [t if isinstance(t, dict) else {"rel_l1": t} for t in traces]
+    target = float(np.mean([len(t["rel_l1"]) for t in traces])) / speedup
     best = None
     for thresh in np.concatenate([[0.0], np.geomspace(1e-4, 1e3, 3000)]):
-        cfg = TeaCacheConfig(**{**config.as_dict(), "rel_l1_thresh": float(thresh)})
-        mean = float(np.mean([len(replay(t, cfg)) for t in traces]))
+        cfg = dataclasses.replace(config, rel_l1_thresh=float(thresh))
+        mean = float(np.mean([len(replay(t["rel_l1"], cfg, steps=t.get("steps"), num_steps=t.get("num_steps")))
+                              for t in traces]))
         if best is None or abs(mean - target) < abs(best[1] - target) - 1e-9:
             best = (float(thresh), mean)
     return best
@@ -262,44 +366,134 @@ def fit_coefficients(rel_l1: Sequence[float], residual_rel_l1: Sequence[float], 
     return tuple(float(c) for c in np.polynomial.Polynomial.fit(x, y, degree).convert().coef[::-1])
 
 
-# --------------------------------------------------------------------------- #
-# The cache: block hooks + public handle                                       #
-# --------------------------------------------------------------------------- #
+# -- per-transformer state (reset at the start of every generation) --------- #
+
+@dataclass
+class _Branch:
+    """What one guidance branch remembers between calls (upstream batches CFG: one branch; diffusers' true CFG
+    calls the transformer once per branch: two branches, never mixed)."""
+
+    skipping: bool = False  # decision for the call in progress
+    accumulated: float = 0.0
+    skipped_in_a_row: int = 0
+    previous_signal: Optional[torch.Tensor] = None  # the indicator's tensor at the previous call
+    residual: Optional[torch.Tensor] = None  # image tokens out of the block stack minus in, last computed call
+    residual_at: Optional[float] = None  # timestep of that call
+    older_residual: Optional[torch.Tensor] = None  # the computed call before (extrapolating rules, trace)
+    older_residual_at: Optional[float] = None
+    block_input: Optional[torch.Tensor] = None  # image tokens into the stack (computed calls only)
+    steps: List[int] = field(default_factory=list)  # the step of each call
+    computed_steps: List[int] = field(default_factory=list)  # the step of each computed call
+    skipped_steps: List[int] = field(default_factory=list)  # the step of each skipped call
+    rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
+    residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
+    gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual)
+                   if t is not None)
+
+
+@dataclass
+class _Generation:
+    """Per-transformer state of one generation; ``reset`` replaces it whole.
+
+    A step is an interval of the sampler's schedule: with ``timesteps`` (t_0 > t_1 > ...), every call whose
+    timestep t satisfies t_k >= t > t_{k+1} belongs to step k, so a second-order sampler's intermediate
+    evaluations (DPM2's midpoint) and Heun's corrector at t_{k+1} are calls of steps too. Without a schedule a step
+    starts whenever the timestep changes. Calls at the same timestep are told apart by the host's branch key
+    (diffusers' ``cache_context``, ComfyUI's ``cond_or_uncond``): the same key is another call of the branch (Heun),
+    without a key another guidance branch (CFG called once per branch)."""
+
+    num_steps: Optional[int] = None
+    schedule: Optional[Tuple[float, ...]] = None  # one timestep per step, non-increasing
+    step: int = -1  # index of the step in progress
+    timestep: Optional[float] = None  # of the last call
+    branches: Dict[Any, _Branch] = field(default_factory=dict)
+    key: Any = None  # the branch of the call in progress
+    repeats: int = 0  # calls in a row at the same timestep without a branch key
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    peak_cache_bytes: int = 0  # most memory the cache itself held at once
+    activation_bytes: int = 0  # one image activation (the modulated input), for scale
+    own_time_s: float = 0.0  # host time spent in the cache's own work (on a GPU: launching it, not running it)
+    scheduled: Optional[frozenset] = None  # a fixed schedule's steps (TeaCacheConfig.schedule)
+
+    @property
+    def current(self) -> _Branch:
+        return self.branches[self.key]
+
+    def step_of(self, t: Optional[float]) -> int:
+        """The step a call at timestep ``t`` belongs to (the schedule's interval holding it)."""
+        s = self.schedule
+        tol = 1e-5 * max(abs(s[0]), abs(s[-1]), 1e-6)
+        return max(0, sum(1 for v in s if v >= t - tol) - 1)
+
+    def account(self) -> None:
+        self.peak_cache_bytes = max(self.peak_cache_bytes, sum(b.held_bytes() for b in self.branches.values()))
+
+
+def _schedule(num_steps: int, timesteps) -> Optional[Tuple[float, ...]]:
+    """The per-step timesteps of ``reset(num_steps, timesteps=...)``: consecutive repeats (Heun's schedules list
+    each inner timestep twice) and one trailing terminal value (ComfyUI's sigmas end with 0) are dropped."""
+    if timesteps is None:
+        return None
+    values = [float(v) for v in (timesteps.tolist() if torch.is_tensor(timesteps) else timesteps)]
+    values = [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+    if len(values) == num_steps + 1:
+        values = values[:-1]
+    if len(values) != num_steps or any(b > a for a, b in zip(values, values[1:])):
+        raise ValueError(f"timesteps must give one non-increasing timestep per step ({num_steps}, or {num_steps + 1} "
+                         f"with the terminal one), got {len(values)}: {values[:8]}...")
+    return tuple(values)
+
+
+# -- the cache: hooks, decisions, reports ------------------------------------ #
+
+def _outside_compile(fn: Callable) -> Callable:
+    """The decision and its bookkeeping run eagerly, whatever compiles around them: a compiled graph never sees
+    (nor guards on) the cache's state, so it is neither broken up by it nor recompiled when it changes."""
+    return torch.compiler.disable(fn)
 
 
 class TeaCache:
     """A TeaCache attached to one transformer instance; ``enable_teacache`` makes one.
 
-    ``reset(num_steps)`` starts a generation, ``disable()`` restores the blocks,
+    ``reset(num_steps[, timesteps=])`` starts a generation, ``disable()`` restores the transformer,
     ``stats()`` / ``report()`` / ``summary()`` describe the last generation.
     """
 
-    def __init__(self, transformer: torch.nn.Module, adapter: "_Adapter", config: TeaCacheConfig,
-                 reduce_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
-        self.transformer = transformer
-        self.adapter = adapter
-        self.config = config
+    def __init__(self, transformer: torch.nn.Module, spec: "ModelSpec", config: TeaCacheConfig,
+                 reduce_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, adapter: "_Adapter" = None):
+        self.transformer, self.spec, self.config = transformer, spec, config
+        self.adapter = adapter or spec.adapter(transformer)
+        self.indicator = INDICATORS_BY_NAME[config.indicator]
         self._reduce_sum = reduce_sum
-        self._gen = _Generation()
+        self.generation = _Generation()
         self._sections: Optional[List[dict]] = None  # reset(..., sections=True): the stats of finished sections
-        self._restore: list = []
+        self._branch_key: Any = None  # set by the host around a call (diffusers' cache_context)
+        self._restore: List[Callable[[], None]] = []
         self.notes: dict = {}  # what chose this configuration (profile, target speedup), for the report
-        blocks = adapter.blocks
-        for block in blocks:
-            self._wrap(block, first=block is blocks[0], last=block is blocks[-1])
-        self._restore.append(transformer.register_forward_pre_hook(self._begin_step, with_kwargs=True).remove)
-        self._restore.append(transformer.register_forward_hook(self._end_step).remove)
+        blocks = self.adapter.blocks
+        for i, block in enumerate(blocks):
+            self._wrap(block, first=i == 0, last=i == len(blocks) - 1)
+        self._restore.append(transformer.register_forward_pre_hook(self._begin_call, with_kwargs=True).remove)
+        self._restore.append(transformer.register_forward_hook(self._end_call).remove)
+        self._restore.extend(self.adapter.attach(self))
 
     # -- lifecycle ---------------------------------------------------------- #
-    def reset(self, num_steps: int, *, sections: bool = False) -> "TeaCache":
+    def reset(self, num_steps: int, *, timesteps=None, sections: bool = False) -> "TeaCache":
         """Forget everything cached and expect a generation of ``num_steps`` denoising steps.
 
-        ``sections=True``: the generation is several denoising runs of ``num_steps`` steps in a row (diffusers'
-        FramePack denoises a video section by section); each section starts from a fresh state, as a generation of
-        its own would; ``stats()`` describes the section in progress and ``report()["sections"]`` lists them all."""
+        ``timesteps``: the sampler's schedule, in the units the transformer receives its timestep (diffusers'
+        ``scheduler.timesteps``; ComfyUI's sigmas mapped by ``model_sampling.timestep``): with it, every call is
+        placed in its step, also a second-order sampler's intermediate ones. ``sections=True``: the generation is
+        several denoising runs of ``num_steps`` steps in a row (diffusers' FramePack denoises a video section by
+        section); each section starts from a fresh state, as a generation of its own would; ``stats()``
+        describes the section in progress and ``report()["sections"]`` lists them all."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        self._gen = _Generation(num_steps=num_steps)
+        self.generation = _Generation(num_steps=num_steps, schedule=_schedule(num_steps, timesteps))
         self._sections = [] if sections else None
         return self
 
@@ -307,184 +501,143 @@ class TeaCache:
         """Remove every hook and wrapper; the transformer is as it was before ``enable_teacache``."""
         while self._restore:
             self._restore.pop()()
-        self._gen, self._sections = _Generation(), None
+        self.generation, self._sections = _Generation(), None
         if getattr(self.transformer, "_teacache", None) is self:
             del self.transformer._teacache
 
-    # -- statistics --------------------------------------------------------- #
+    @contextlib.contextmanager
+    def branch(self, key: Any):
+        """Calls inside belong to guidance branch ``key`` (a host that calls the model once per branch)."""
+        previous, self._branch_key = self._branch_key, key
+        try:
+            yield
+        finally:
+            self._branch_key = previous
+
+    # -- reports ------------------------------------------------------------ #
     def stats(self) -> dict:
-        """Decisions of the current/last generation; top-level step lists are the first branch's."""
-        g = self._gen
-        branches = [{"computed_steps": list(b.computed_steps), "skipped_steps": list(b.skipped_steps),
-                     "rel_l1": list(b.rel_l1), **({"residual_rel_l1": list(b.residual_rel_l1)}
-                                                  if self.config.trace else {}),
-                     **({"gains": list(b.gains)} if self.config.rule == "fitted" else {})} for b in g.branches]
-        calls = sum(len(b["computed_steps"]) + len(b["skipped_steps"]) for b in branches)
-        computed = sum(len(b["computed_steps"]) for b in branches)
-        return {
-            "num_steps": g.num_steps,
-            "steps_run": g.step + 1,
-            **branches[0],
-            "num_branches": len(branches),
-            **({"branches": branches} if len(branches) > 1 else {}),
-            "transformer_calls": calls,
-            "computed_calls": computed,
-            "ideal_speedup": calls / computed if computed else None,
-            "denoise_time_s": None if g.started is None or g.finished is None else g.finished - g.started,
-            "peak_cache_bytes": g.peak_cache_bytes,
-            "image_activation_bytes": g.activation_bytes,
-            "cache_own_time_s": g.own_time_s,
-            **({} if self._sections is None else {"section": len(self._sections)}),
-        }
+        return _stats(self)
+
+    def report(self) -> dict:
+        """``stats()`` plus the configuration: what the JSON report beside each video holds."""
+        return {"method": "TeaCache (arXiv 2411.19108)", "model_spec": self.spec.name, **self.config.as_dict(),
+                **self.notes, **self.stats(),
+                **({} if self._sections is None else {"sections": self._all_sections()}),
+                "sequence_parallel_reduced": self._reduce_sum is not None}
+
+    def summary(self) -> str:
+        return _summary(self)
 
     def _all_sections(self) -> Optional[List[dict]]:
         return None if self._sections is None else [*self._sections, self.stats()]
 
-    def report(self) -> dict:
-        """``stats()`` plus the configuration: what the JSON report beside each video holds."""
-        return {
-            "method": "TeaCache (arXiv 2411.19108)",
-            **self.config.as_dict(),
-            **self.notes,
-            **self.stats(),
-            **({} if self._sections is None else {"sections": self._all_sections()}),
-            "sequence_parallel_reduced": self._reduce_sum is not None,
-        }
-
-    def summary(self) -> str:
-        s = self.stats()
-        t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
-        calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
-            if s["num_branches"] > 1 else ""
-        decided = f"rel_l1_thresh={self.config.rel_l1_thresh:g}" if self.config.schedule is None \
-            else f"fixed schedule {'/'.join(map(str, self.config.schedule))}"
-        head = f"TeaCache({decided}, rule={self.config.rule}): "
-        sections = self._all_sections()
-        if sections is not None:
-            computed, calls = sum(x["computed_calls"] for x in sections), sum(x["transformer_calls"] for x in sections)
-            return (f"{head}{len(sections)} section(s) of {s['num_steps']} steps: computed {computed} of {calls} "
-                    f"transformer calls, per section {[len(x['computed_steps']) for x in sections]}")
-        return (f"{head}computed {len(s['computed_steps'])}/{s['num_steps']} steps, skipped "
-                f"{len(s['skipped_steps'])}{calls}, denoise {t}")
-
-    # -- per step ----------------------------------------------------------- #
-    def _begin_step(self, module, args, kwargs):
-        g = self._gen
+    # -- per call (outside compiled code) ---------------------------------- #
+    @_outside_compile
+    def _begin_call(self, module, args, kwargs):
+        g = self.generation
         if g.num_steps is None:
             raise RuntimeError("TeaCache: call reset(num_steps) on the handle returned by enable_teacache "
                                "before each generation")
-        timestep = self.adapter.timestep(args, kwargs)
-        if g.step >= 0 and timestep is not None and timestep == g.timestep:
-            g.branch += 1  # another guidance branch of the same step (diffusers' true CFG)
-            if g.branch == len(g.branches):
-                g.branches.append(_Branch())
+        t = self.adapter.timestep(args, kwargs)
+        key = self._branch_key if self._branch_key is not None else self.adapter.branch_key(args, kwargs)
+        same_t = g.step >= 0 and t is not None and t == g.timestep
+        if g.schedule is not None and t is not None:
+            step = g.step_of(t)
         else:
-            if g.step + 1 >= g.num_steps and self._sections is not None:  # the next section: a fresh state
-                self._sections.append(self.stats())
-                self._gen = g = _Generation(num_steps=g.num_steps)
-            elif g.step + 1 >= g.num_steps:
+            step = g.step if same_t else g.step + 1
+        if step < g.step or step >= g.num_steps:  # a new generation (or FramePack section) without reset
+            if self._sections is None:
                 raise RuntimeError(f"TeaCache: transformer called for step {g.step + 2} of a {g.num_steps}-step "
                                    "generation; call reset(num_steps) before each generation (a stale residual "
                                    "would be reused otherwise)")
-            g.step, g.branch, g.timestep = g.step + 1, 0, timestep
-            if g.step == 0:
-                g.started = time.perf_counter()
-        g.current.skipping = False
+            self._sections.append(self.stats())
+            self.generation = g = _Generation(num_steps=g.num_steps, schedule=g.schedule)
+            step, same_t = (g.step_of(t) if g.schedule is not None and t is not None else 0), False
+        if key is None:  # no branch key: a repeated timestep is the next guidance branch
+            g.repeats = g.repeats + 1 if same_t else 0
+            key = g.repeats
+        if g.step < 0:
+            g.started = time.perf_counter()
+        g.step, g.timestep, g.key = step, t, key
+        g.branches.setdefault(key, _Branch()).skipping = False
 
-    def _end_step(self, module, args, output):
-        g = self._gen
-        if g.step == g.num_steps - 1 and g.branch == len(g.branches) - 1:
-            out = output["x"] if isinstance(output, dict) else output[0] if isinstance(output, tuple) else output
+    @_outside_compile
+    def _end_call(self, module, args, output):
+        g = self.generation
+        if g.step == g.num_steps - 1:  # the generation's end is its last step's last call
+            out = self.spec.output(output)
             if torch.is_tensor(out) and out.is_cuda:
                 torch.cuda.synchronize(out.device)
             g.finished = time.perf_counter()
 
-    def _indicator(self, block, args, kwargs) -> torch.Tensor:
-        """The first block's modulated image input (without the first frame's tokens if so configured)."""
-        modulated = self.adapter.modulated_input(block, args, kwargs)
-        if self.config.first_frame == "exclude":
-            modulated = modulated[:, self.adapter.first_frame_tokens(args, kwargs):]
-        return modulated
-
-    def _decide(self, modulated: torch.Tensor) -> bool:
-        """Update the indicator with this step's modulated input; True means skip the blocks."""
-        g, cfg = self._gen, self.config
+    @_outside_compile
+    def _before_blocks(self, block, args, kwargs):
+        """The first block's call: decide; on a skip, the stack's output (the cached residual added), else None."""
+        g, cfg = self.generation, self.config
         b = g.current
-        rel_l1 = None if b.previous_modulated is None else self._relative_l1(modulated, b.previous_modulated)
+        start = time.perf_counter()
+        rel_l1 = self.indicator.change(self, b, block, args, kwargs) if cfg.enabled or cfg.trace else None
         b.rel_l1.append(rel_l1)
-        rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
+        b.steps.append(g.step)
         if cfg.schedule is not None:  # fixed: the indicator is only recorded
             if g.scheduled is None:
                 g.scheduled = frozenset(fixed_schedule(g.num_steps, *cfg.schedule))
             compute = g.step in g.scheduled
         else:
+            rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
             compute, b.accumulated = teacache_decision(
                 g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
                 skipped_in_a_row=b.skipped_in_a_row, max_consecutive_skips=cfg.max_consecutive_skips)
         compute = compute or b.residual is None or not cfg.enabled
-        b.previous_modulated = modulated
-        g.activation_bytes = modulated.numel() * modulated.element_size()
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
         b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
-        if compute and cfg.rule == "reuse" and not cfg.trace:
-            b.residual = None  # freed before the blocks run: never two residuals of a branch at once
+        b.skipping = not compute
+        out = None
+        if compute:
+            if not cfg.predictor.keeps_older and not cfg.trace:
+                b.residual = None  # freed before the blocks run: never two residuals of a branch at once
+            if cfg.enabled or cfg.trace:
+                b.block_input = self.adapter.image_in(args, kwargs)
+        else:
+            out = self.adapter.passthrough(block, args, kwargs, image_delta=cfg.predictor.predict(b, g.timestep))
         g.account()
-        return not compute
+        g.own_time_s += time.perf_counter() - start
+        return out
 
-    def _cached_residual(self, b: _Branch) -> torch.Tensor:
-        """The residual a skipped step adds: the last one, or its first-order extrapolation in time (times the
-        fitted gain): ``r1 + gain * (r1 - r0) * (t - t1) / (t1 - t0)``."""
-        step = self._extrapolation_step(b, self._gen.timestep)
-        if step is None:
-            return b.residual
-        gain = b.gain if self.config.rule == "fitted" else 1.0
-        return torch.lerp(b.older_residual, b.residual, 1.0 + gain * step)
+    @_outside_compile
+    def _skipped_block(self, block, args, kwargs):
+        """A later block's call: its inputs unchanged when the stack is skipped, else None."""
+        return self.adapter.passthrough(block, args, kwargs) if self.generation.current.skipping else None
 
-    def _extrapolation_step(self, b: _Branch, t: Optional[float]) -> Optional[float]:
-        """``(t - t1) / (t1 - t0)`` for the last two computed residuals; None where the rule does not extrapolate."""
-        if self.config.rule == "reuse" or b.older_residual is None:
-            return None
-        t1, t0 = b.residual_at, b.older_residual_at
-        if None in (t, t1, t0) or t1 == t0:
-            return None
-        return (t - t1) / (t1 - t0)
-
-    def _fit_gain(self, b: _Branch, residual: torch.Tensor) -> None:
-        """The "fitted" rule: the gain that would have predicted ``residual`` best from the last two residuals (least
-        squares, clipped to [0, 1]); both sums are reduced over the sequence-parallel group, so every rank fits the
-        same gain."""
-        step = self._extrapolation_step(b, self._gen.timestep)
-        if step is None:
+    @_outside_compile
+    def _after_blocks(self, output) -> None:
+        """The last block's output: store the stack's residual of a computed call."""
+        g = self.generation
+        b = g.current
+        if b.block_input is None:
             return
-
-        def sums(now, r1, r0):
-            slope = torch.sub(r1, r0)
-            return torch.mul(now - r1, slope).sum(dtype=torch.float32), slope.square_().sum(dtype=torch.float32)
-
-        along, norm = self._sums(sums, residual, b.residual, b.older_residual)
-        if norm > 0 and step != 0 and math.isfinite(along / norm):
-            b.gains.append(min(max(along / (norm * step), 0.0), 1.0))
-
-    def _store_residual(self, b: _Branch, residual: torch.Tensor) -> None:
-        g, keep_older = self._gen, self.config.rule != "reuse" or self.config.trace
-        if self.config.rule == "fitted":
-            self._fit_gain(b, residual)
+        start = time.perf_counter()
+        residual = self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1]) - b.block_input
+        b.block_input = None
+        self.config.predictor.observe(b, residual, g.timestep, self.sums)
         if self.config.trace:
-            b.residual_rel_l1.extend([None] * (g.step - len(b.residual_rel_l1)))
-            b.residual_rel_l1.append(None if b.residual is None else self._relative_l1(residual, b.residual))
-        b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep_older else (None, None)
+            b.residual_rel_l1.extend([None] * (len(b.rel_l1) - 1 - len(b.residual_rel_l1)))
+            b.residual_rel_l1.append(None if b.residual is None else self.relative_l1(residual, b.residual))
+        keep = self.config.predictor.keeps_older or self.config.trace
+        b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep else (None, None)
         b.residual, b.residual_at = residual, g.timestep
         g.account()
+        g.own_time_s += time.perf_counter() - start
 
-    def _relative_l1(self, now: torch.Tensor, prev: torch.Tensor) -> float:
-        # mean|now - prev| / mean|prev| as a ratio of sums, so that under sequence
-        # parallelism the sums can be all-reduced over the group first: every rank
-        # then gets the full-tensor value and takes the same decision.
-        num, den = self._sums(lambda a, b: (torch.sub(a, b).abs_().sum(dtype=torch.float32),
-                                            b.abs().sum(dtype=torch.float32)), now, prev)
+    # -- statistics reduced over the sequence-parallel group ----------------- #
+    def relative_l1(self, now: torch.Tensor, prev: torch.Tensor) -> float:
+        """mean|now - prev| / mean|prev| as a ratio of sums, so that under sequence parallelism the sums are
+        all-reduced over the group first: every rank gets the full-tensor value and takes the same decision."""
+        num, den = self.sums(lambda a, b: (torch.sub(a, b).abs_().sum(dtype=torch.float32),
+                                           b.abs().sum(dtype=torch.float32)), now, prev)
         return num / den if den else math.inf
 
-    def _sums(self, sums: Callable, *tensors: torch.Tensor) -> List[float]:
+    def sums(self, sums: Callable, *tensors: torch.Tensor) -> List[float]:
         """The float32 sums that ``sums`` returns for ``tensors``, added up over chunks of at most ``CHUNK_ELEMENTS``
         elements (so its temporaries stay chunk-sized: a 720p x 129-frame activation is 0.7 GiB in bf16), then
         reduced over the sequence-parallel group."""
@@ -494,39 +647,26 @@ class TeaCache:
             total = self._reduce_sum(total)
         return total.tolist()
 
+    # -- block wrappers ----------------------------------------------------- #
     def _wrap(self, block: torch.nn.Module, first: bool, last: bool) -> None:
+        """Replace ``block.forward`` on the instance. The wrapper's own frame is left out of compilation (not what
+        it calls: the block's forward compiles as it would without the cache), the decision runs eagerly."""
         original = block.forward
         had_instance_forward = "forward" in vars(block)
-        adapter = self.adapter
+        before = functools.partial(self._before_blocks, block) if first else \
+            functools.partial(self._skipped_block, block)
+        after = self._after_blocks if last else None
 
         def forward(*args, **kwargs):
-            g = self._gen
-            b = g.current
-            if first:
-                if not (self.config.enabled or self.config.trace):
-                    b.computed_steps.append(g.step)
-                    b.rel_l1.append(None)
-                else:
-                    start = time.perf_counter()
-                    if self._decide(self._indicator(block, args, kwargs)):
-                        b.skipping = True
-                        out = adapter.passthrough(block, args, kwargs, image_delta=self._cached_residual(b))
-                        g.own_time_s += time.perf_counter() - start
-                        return out
-                    b.block_input = adapter.image_in(args, kwargs)
-                    g.own_time_s += time.perf_counter() - start
-            elif b.skipping:
-                return adapter.passthrough(block, args, kwargs)
+            out = before(args, kwargs)
+            if out is not None:
+                return out
             out = original(*args, **kwargs)
-            if last and b.block_input is not None:
-                start = time.perf_counter()
-                self._store_residual(b, adapter.image_out(out, num_image_tokens=b.block_input.shape[1])
-                                     - b.block_input)
-                b.block_input = None
-                g.own_time_s += time.perf_counter() - start
+            if after is not None:
+                after(out)
             return out
 
-        block.forward = forward
+        block.forward = torch.compiler.disable(forward, recursive=False)
 
         def restore():
             if had_instance_forward:
@@ -537,21 +677,75 @@ class TeaCache:
         self._restore.append(restore)
 
 
-# --------------------------------------------------------------------------- #
-# Adapters: where the modulated input and the image tokens live in each model  #
-# --------------------------------------------------------------------------- #
+def _stats(cache: TeaCache) -> dict:
+    """Decisions of the current/last generation; top-level lists are the first branch's."""
+    g, cfg = cache.generation, cache.config
+    branches = [{"steps": list(b.steps), "computed_steps": list(b.computed_steps),
+                 "skipped_steps": list(b.skipped_steps), "rel_l1": list(b.rel_l1),
+                 **({"residual_rel_l1": list(b.residual_rel_l1)} if cfg.trace else {}),
+                 **({"gains": list(b.gains)} if cfg.rule == "fitted" else {})} for b in g.branches.values()]
+    branches = branches or [{"steps": [], "computed_steps": [], "skipped_steps": [], "rel_l1": []}]
+    calls = sum(len(b["steps"]) for b in branches)
+    computed = sum(len(b["computed_steps"]) for b in branches)
+    return {
+        "num_steps": g.num_steps,
+        "steps_run": g.step + 1,
+        **branches[0],
+        "num_branches": len(branches),
+        **({"branches": branches} if len(branches) > 1 else {}),
+        "transformer_calls": calls,
+        "computed_calls": computed,
+        "ideal_speedup": calls / computed if computed else None,
+        "denoise_time_s": None if g.started is None or g.finished is None else g.finished - g.started,
+        "peak_cache_bytes": g.peak_cache_bytes,
+        "image_activation_bytes": g.activation_bytes,
+        "cache_own_time_s": g.own_time_s,
+        **({} if cache._sections is None else {"section": len(cache._sections)}),
+    }
 
+
+def _summary(cache: TeaCache) -> str:
+    """One line: ``TeaCache(rel_l1_thresh=0.15, rule=reuse): computed 24/50 steps, skipped 26, denoise 12.3 s``."""
+    s, cfg = cache.stats(), cache.config
+    t = "n/a" if s["denoise_time_s"] is None else f"{s['denoise_time_s']:.1f} s"
+    per_step = s["transformer_calls"] > s["steps_run"] * max(1, s["num_branches"])
+    unit = "calls" if per_step else "steps"
+    calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
+        if s["num_branches"] > 1 or per_step else ""
+    decided = f"rel_l1_thresh={cfg.rel_l1_thresh:g}" if cfg.schedule is None \
+        else f"fixed schedule {'/'.join(map(str, cfg.schedule))}"
+    head = f"TeaCache({decided}, rule={cfg.rule}): "
+    sections = cache._all_sections()
+    if sections is not None:
+        computed, calls = sum(x["computed_calls"] for x in sections), sum(x["transformer_calls"] for x in sections)
+        return (f"{head}{len(sections)} section(s) of {s['num_steps']} steps: computed {computed} of {calls} "
+                f"transformer calls, per section {[len(x['computed_steps']) for x in sections]}")
+    total = len(s["steps"]) if per_step else s["num_steps"]
+    return (f"{head}computed {len(s['computed_steps'])}/{total} {unit}, skipped "
+            f"{len(s['skipped_steps'])}{calls}, denoise {t}")
+
+
+# =========================================================================== #
+# 2. The models: one registry of specs, one adapter per implementation         #
+# =========================================================================== #
 
 class _Adapter:
     """Knows one transformer implementation's block layout; the rule lives in TeaCache."""
 
     blocks: List[torch.nn.Module]
     image_condition: Optional[str] = None  # image-to-video: how the image comes in ("token_replace", ...)
-    version: str = "1.0"  # HunyuanVideo 1.0 (the published coefficients' model) or "1.5"
+
+    def attach(self, cache: TeaCache) -> List[Callable[[], None]]:
+        """Anything more the implementation needs hooked (returns the callbacks that undo it)."""
+        return []
 
     def timestep(self, args, kwargs) -> Optional[float]:
-        """The transformer call's timestep (a repeat within a step marks another guidance branch)."""
+        """The transformer call's timestep."""
         raise NotImplementedError
+
+    def branch_key(self, args, kwargs) -> Any:
+        """The guidance branch of a transformer call, where the call says it (None: not said)."""
+        return None
 
     def modulated_input(self, block, args, kwargs) -> torch.Tensor:
         raise NotImplementedError
@@ -606,11 +800,7 @@ class _HunyuanVideoAdapter(_Adapter):
         self.single = set(map(id, transformer.single_blocks))
         self.blocks = list(transformer.double_blocks) + list(transformer.single_blocks)
         self.image_condition = getattr(transformer, "i2v_condition_type", None)  # I2V's transformer only
-        self.version = "1.5" if "1_5" in type(transformer).__name__ else "1.0"
-
-    @staticmethod
-    def matches(transformer) -> bool:
-        return hasattr(transformer, "double_blocks") and hasattr(transformer, "single_blocks")
+        self.version = find_model(transformer).version
 
     def timestep(self, args, kwargs):
         return float(_arg(args, kwargs, 1, ("t", "timestep")).flatten()[0])
@@ -648,17 +838,35 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
     ``HunyuanVideo15Transformer3DModel``): ``transformer_blocks`` and (not in 1.5) ``single_transformer_blocks``
     take ``(hidden_states, encoder_hidden_states, temb, attention_mask, rotary[, token_replace_emb,
     first_frame_num_tokens])`` and return both streams, image first; ``norm1(hidden_states, temb)`` gives the
-    modulated input first."""
+    modulated input first. diffusers' pipelines call the model once per guidance branch inside
+    ``transformer.cache_context("cond" / "uncond")``: that name is the branch key."""
 
     def __init__(self, transformer):
         self.blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
         self.image_condition = getattr(transformer.config, "image_condition_type", None)
-        self.version = "1.5" if "HunyuanVideo15" in type(transformer).__name__ else "1.0"
+        self.version = find_model(transformer).version
+        self.transformer = transformer
 
-    @staticmethod
-    def matches(transformer) -> bool:
-        blocks = getattr(transformer, "transformer_blocks", None)
-        return "HunyuanVideo" in type(transformer).__name__ and bool(blocks) and hasattr(blocks[0], "norm1")
+    def attach(self, cache):
+        """The pipeline's ``cache_context(name)`` also names the branch of the calls inside it."""
+        original = getattr(self.transformer, "cache_context", None)
+        if original is None:
+            return []
+        had_instance_attribute = "cache_context" in vars(self.transformer)
+
+        @contextlib.contextmanager
+        def cache_context(name, *args, **kwargs):
+            with original(name, *args, **kwargs), cache.branch(name):
+                yield
+
+        self.transformer.cache_context = cache_context
+
+        def restore():
+            if had_instance_attribute:
+                self.transformer.cache_context = original
+            else:
+                del self.transformer.cache_context
+        return [restore]
 
     def timestep(self, args, kwargs):
         return float(_arg(args, kwargs, 1, "timestep").flatten()[0])
@@ -684,7 +892,69 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
         return (hidden if image_delta is None else hidden + image_delta), context
 
 
-_ADAPTERS = [_HunyuanVideoAdapter, _DiffusersHunyuanVideoAdapter]
+def _first_tensor(output) -> Any:
+    """The video out of a transformer's output: Tencent's dict (``"x"``), diffusers' tuple or output object."""
+    if isinstance(output, dict):
+        return output.get("x", output.get("sample"))
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return getattr(output, "sample", output)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the family as this file serves it."""
+
+    name: str
+    classes: Tuple[str, ...]  # "module:QualName" of the exact classes (and their subclasses) it serves
+    adapter: type
+    version: str  # the family's version: "1.0" (the published coefficients' model) or "1.5"
+    coefficients: Optional[Tuple[float, ...]] = None  # published for this model, if any
+    coefficients_source: str = "none published: calibrate (--teacache-calibrate), or use 1.0's text-to-video ones"
+    output: Callable[[Any], Any] = _first_tensor  # how to read the model's output
+
+    def serves(self, cls: type) -> bool:
+        return any(f"{c.__module__}:{c.__qualname__}" in self.classes for c in cls.__mro__)
+
+
+_PAPER = "TeaCache (arXiv 2411.19108), TeaCache4HunyuanVideo: fitted on 50-step 720p text-to-video"
+#: Every model this file serves, most specific first. Adding a model of the family: a spec and an adapter.
+MODELS: List[ModelSpec] = [
+    ModelSpec("Tencent HunyuanVideo / HunyuanVideo-I2V", ("hyvideo.modules.models:HYVideoDiffusionTransformer",),
+              _HunyuanVideoAdapter, "1.0", PUBLISHED_COEFFICIENTS, _PAPER),
+    ModelSpec("Tencent HunyuanVideo-1.5", (
+        "hyvideo.models.transformers.hunyuanvideo_1_5_transformer:HunyuanVideo_1_5_DiffusionTransformer",),
+        _HunyuanVideoAdapter, "1.5"),
+    ModelSpec("diffusers HunyuanVideo", (
+        "diffusers.models.transformers.transformer_hunyuan_video:HunyuanVideoTransformer3DModel",
+        "diffusers.models.transformers.transformer_hunyuan_video_framepack:HunyuanVideoFramepackTransformer3DModel"),
+        _DiffusersHunyuanVideoAdapter, "1.0", PUBLISHED_COEFFICIENTS, _PAPER),
+    ModelSpec("diffusers HunyuanVideo 1.5", (
+        "diffusers.models.transformers.transformer_hunyuan_video15:HunyuanVideo15Transformer3DModel",),
+        _DiffusersHunyuanVideoAdapter, "1.5"),
+]
+
+
+def find_model(transformer: torch.nn.Module) -> ModelSpec:
+    """The spec serving ``transformer``'s class (by module and name, the class or one it derives from)."""
+    spec = next((s for s in MODELS if s.serves(type(transformer))), None)
+    if spec is None:
+        served = ", ".join(c.split(":")[1] for s in MODELS for c in s.classes)
+        raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__} (module "
+                        f"{type(transformer).__module__}); it serves {served}")
+    return spec
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Serve one more model (a spec of the same family: an adapter for its block layout); it is matched first."""
+    MODELS.insert(0, spec)
+    return spec
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """Each distinct warning once per process."""
+    logger.warning(message)
 
 
 def _all_reduce_sum(group) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -712,70 +982,73 @@ def _sequence_parallel_reduce_sum():
     return xdist.get_sp_group().all_reduce
 
 
-def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *,
-                    coefficients: Sequence[float] = PUBLISHED_COEFFICIENTS, warmup_steps: int = 1,
-                    max_consecutive_skips: Optional[int] = None, rule: str = "reuse", trace: bool = False,
-                    first_frame: str = "include", schedule: Optional[Tuple[int, int, int]] = None,
-                    num_steps: Optional[int] = None, process_group: Any = "auto") -> TeaCache:
-    """Attach TeaCache to ``transformer``: Tencent's ``HYVideoDiffusionTransformer`` (HunyuanVideo, -I2V) or
-    ``HunyuanVideo_1_5_DiffusionTransformer``, or diffusers' HunyuanVideo transformers (1.0, I2V, FramePack, 1.5);
-    the adapter is picked from the block layout.
+def _reducer(process_group) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    if process_group == "auto":
+        return _sequence_parallel_reduce_sum()
+    if process_group is None:
+        return None
+    return process_group.all_reduce if hasattr(process_group, "all_reduce") else _all_reduce_sum(process_group)
 
-    The defaults are the published rule; see ``TeaCacheConfig`` for the options. ``process_group``:
-    ``"auto"`` (HunyuanVideo-1.5's or xfuser's sequence-parallel group when one is active), ``None`` (no reduction), a
-    ``torch.distributed`` process group, or any object with an ``all_reduce(tensor) -> tensor`` method.
-    Call ``reset(num_steps)`` before each generation (or pass ``num_steps`` here for the first one).
+
+def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *, num_steps: Optional[int] = None,
+                    process_group: Any = "auto", **options) -> TeaCache:
+    """Attach TeaCache to ``transformer`` (a class in ``MODELS``: Tencent's HunyuanVideo, -I2V and -1.5
+    transformers, diffusers' HunyuanVideo transformers) and return its handle.
+
+    ``options`` are ``TeaCacheConfig``'s fields (``rule``, ``indicator``, ``warmup_steps``, ...); the defaults
+    are the published rule. ``process_group``: ``"auto"`` (HunyuanVideo-1.5's or xfuser's sequence-parallel group
+    when one is active), ``None`` (no reduction), a ``torch.distributed`` process group, or any object with an
+    ``all_reduce(tensor) -> tensor`` method. Call ``reset(num_steps)`` before each generation (or pass
+    ``num_steps`` here for the first one).
     """
     if getattr(transformer, "_teacache", None) is not None:
         raise ValueError("TeaCache is already enabled on this transformer; call .disable() on its handle first")
-    config = TeaCacheConfig(rel_l1_thresh=rel_l1_thresh, coefficients=coefficients, warmup_steps=warmup_steps,
-                            max_consecutive_skips=max_consecutive_skips, rule=rule, trace=trace,
-                            first_frame=first_frame, schedule=schedule)
-    adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
-    if adapter_cls is None:
-        raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__}")
-    if process_group == "auto":
-        reduce_sum = _sequence_parallel_reduce_sum()
-    elif process_group is None:
-        reduce_sum = None
-    elif hasattr(process_group, "all_reduce"):
-        reduce_sum = process_group.all_reduce
-    else:
-        reduce_sum = _all_reduce_sum(process_group)
-    adapter = adapter_cls(transformer)
-    if config.first_frame == "exclude" and adapter.image_condition != "token_replace":
+    config = TeaCacheConfig(rel_l1_thresh, **options)
+    spec = find_model(transformer)
+    adapter = spec.adapter(transformer)
+    condition = adapter.image_condition
+    if config.first_frame == "exclude" and condition != "token_replace":
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
-                         f"given image); {type(transformer).__name__} has image condition {adapter.image_condition}")
-    if tuple(config.coefficients) == PUBLISHED_COEFFICIENTS and config.schedule is None:
-        if adapter.version != "1.0":
-            logger.warning(f"TeaCache: no coefficients are published for HunyuanVideo {adapter.version}; using "
-                           "HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
-                           "then --teacache-profile profile.json")
-        elif adapter.image_condition:
-            logger.warning(f"TeaCache: no coefficients are published for image-to-video ({adapter.image_condition}); "
-                           "using the text-to-video ones. Calibrate on your own images: --teacache-calibrate "
-                           "profile.json, then --teacache-profile profile.json")
-    cache = TeaCache(transformer, adapter, config, reduce_sum)
+                         f"given image); {type(transformer).__name__} has image condition {condition}")
+    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.enabled:
+        if spec.coefficients is None:
+            _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
+                       "using HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
+                       "then --teacache-profile profile.json")
+        elif condition:
+            _warn_once(f"TeaCache: no coefficients are published for image-to-video ({condition}); using the "
+                       "text-to-video ones. Calibrate on your own images: --teacache-calibrate profile.json, then "
+                       "--teacache-profile profile.json")
+    cache = TeaCache(transformer, spec, config, _reducer(process_group), adapter)
     transformer._teacache = cache
     if num_steps is not None:
         cache.reset(num_steps)
     return cache
 
 
-# --------------------------------------------------------------------------- #
-# Calibration profiles                                                         #
-# --------------------------------------------------------------------------- #
+enable_teacache.__signature__ = inspect.Signature([
+    inspect.Parameter("transformer", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.nn.Module),
+    *[inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name == "rel_l1_thresh" else
+                        inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in dataclasses.fields(TeaCacheConfig)],
+    inspect.Parameter("num_steps", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("process_group", inspect.Parameter.KEYWORD_ONLY, default="auto"),
+], return_annotation=TeaCache)
+
+
+# =========================================================================== #
+# 3. Entry points: calibration profiles, the checkouts' CLI, diffusers' CLI    #
+# =========================================================================== #
 
 PROFILE_FORMAT = "teacache-profile/1"
 
 
 def model_identity(transformer: torch.nn.Module) -> dict:
     """What a profile is tied to: the architecture (class, block count, parameter count, image conditioning)."""
-    adapter_cls = next((a for a in _ADAPTERS if a.matches(transformer)), None)
-    adapter = adapter_cls(transformer) if adapter_cls else None
-    identity = {"class": type(transformer).__name__, "num_blocks": len(adapter.blocks) if adapter else None,
+    spec = find_model(transformer)
+    adapter = spec.adapter(transformer)
+    identity = {"class": type(transformer).__name__, "num_blocks": len(adapter.blocks),
                 "num_parameters": sum(p.numel() for p in transformer.parameters())}
-    if adapter is not None and adapter.image_condition:  # same weights' shapes as text-to-video for token_replace
+    if adapter.image_condition:  # same weights' shapes as text-to-video for token_replace
         identity["image_condition"] = adapter.image_condition
     return identity
 
@@ -784,7 +1057,7 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
                  first_frame: str = "include") -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
-    Pairs each step's indicator with the relative L1 change of the block stack's residual at that step.
+    Pairs each call's indicator with the relative L1 change of the block stack's residual at that call.
     ``first_frame``: the indicator's definition the traces were taken with (``TeaCacheConfig.first_frame``).
     """
     runs = [b for t in traces for b in t.get("branches", [t])]
@@ -795,9 +1068,13 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
     num_steps = {t["num_steps"] for t in traces}
     if len(num_steps) != 1:
         raise ValueError(f"traces have different step counts {sorted(num_steps)}")
-    return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps.pop(),
+    num_steps = num_steps.pop()
+    return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps,
             "setting": setting, "first_frame": first_frame, "coefficients": list(coefficients), "degree": degree,
-            "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"]} for r in runs]}
+            "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"],
+                        **({"steps": r["steps"], "num_steps": num_steps}
+                           if r.get("steps") not in (None, list(range(len(r["rel_l1"])))) else {})}
+                       for r in runs]}
 
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
@@ -830,23 +1107,6 @@ def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_ste
 # --------------------------------------------------------------------------- #
 
 
-def _number(convert: Callable, minimum: float, what: str) -> Callable[[str], Any]:
-    """An argparse ``type`` accepting finite numbers >= ``minimum``."""
-    def parse(value: str):
-        try:
-            number = convert(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if not (math.isfinite(number) and number >= minimum):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
-        return number
-    return parse
-
-
-_threshold = _number(float, 0, "a number >= 0")
-_speedup = _number(float, 1, "a number >= 1")
-
-
 def _spelled(group, spelling: str):
     """``group.add_argument`` with the flags spelled as the checkout spells its own: ``-`` (``--rel-l1-thresh``,
     HunyuanVideo's hyvideo/config.py) or ``_`` (``--rel_l1_thresh``, HunyuanVideo-1.5's generate.py; the dashed
@@ -858,34 +1118,11 @@ def _spelled(group, spelling: str):
 
 
 def add_teacache_args(parser: argparse.ArgumentParser, spelling: str = "-") -> argparse.ArgumentParser:
+    """The TeaCache flags: one per ``TeaCacheConfig`` field that has one, then the run's own (profiles, prompts)."""
     group = parser.add_argument_group(title="TeaCache args")
     add_argument = _spelled(group, spelling)
-    add_argument(
-        "--rel-l1-thresh", type=_threshold, default=0.15,
-        help="Accumulated rescaled relative-L1 change below which the transformer blocks are skipped. "
-             "0.1 ~ 1.6x, 0.15 ~ 2.1x (published, 50 steps); 0 turns caching off (output identical to "
-             "the checkout's own script).",
-    )
-    add_argument("--teacache-warmup-steps", type=_number(int, 1, "an integer >= 1"), default=1, metavar="N",
-                 help="Always compute the first N steps (default 1, the published rule).")
-    add_argument("--teacache-max-skips", type=_number(int, 0, "an integer >= 0"), default=None, metavar="K",
-                 help="Never skip more than K steps in a row (default: no cap).")
-    add_argument("--teacache-rule", choices=RULES, default="reuse",
-                 help="What a skipped step adds: 'reuse' the last residual (published), 'extrapolate' it "
-                      "to the current timestep from the last two computed steps, or 'fitted': that "
-                      "extrapolation scaled by a gain in [0, 1] re-fitted at each computed step (more "
-                      "fidelity per computed step on long skips; see the README's curves).")
-    add_argument("--teacache-first-frame", choices=FIRST_FRAME, default="include",
-                 help="Image-to-video with token_replace: whether the indicator covers the first frame's "
-                      "tokens (the given image, the same at every step). 'exclude' makes it independent of "
-                      "the video's length; the residual always covers every token. A profile is tied to "
-                      "this choice. See the README's measurement.")
-    add_argument("--teacache-schedule", type=_number(int, 0, "an integer >= 0"), nargs=3, default=None,
-                 metavar=("START", "END", "INTERVAL"),
-                 help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in "
-                      "cache computes ([0, START), every INTERVAL-th step of [START, END), [END, steps); its "
-                      "defaults are 11 45 4). The threshold is not used; the rule still says what a skipped "
-                      "step adds. For comparison with TeaCache's adaptive placement.")
+    for dest, f in TeaCacheConfig.flags().items():
+        add_argument(f.metadata["flag"], dest=dest, default=f.default, **f.metadata["argparse"])
     add_argument("--teacache-profile", metavar="JSON", default=None,
                  help="Use the coefficients of a calibration profile (made by --teacache-calibrate).")
     add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
@@ -929,25 +1166,23 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
                     setting: dict) -> TeaCache:
     """``enable_teacache`` as the TeaCache flags ask; the chosen values (and the model) end up in every report."""
     notes: dict = {"model": model_identity(transformer)}
-    coefficients, thresh = PUBLISHED_COEFFICIENTS, args.rel_l1_thresh
-    options = dict(warmup_steps=args.teacache_warmup_steps, max_consecutive_skips=args.teacache_max_skips,
-                   rule=args.teacache_rule, first_frame=args.teacache_first_frame, schedule=args.teacache_schedule)
+    config = TeaCacheConfig.from_args(args)
     if args.teacache_calibrate:
-        thresh, options["trace"] = 0.0, True
+        config = dataclasses.replace(config, rel_l1_thresh=0.0, trace=True)
         notes["calibrating"] = args.teacache_calibrate
     if args.teacache_profile:
         profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting,
-                               first_frame=args.teacache_first_frame)
-        coefficients = profile["coefficients"]
+                               first_frame=config.first_frame)
+        config = dataclasses.replace(config, coefficients=profile["coefficients"])
         notes["profile"] = str(args.teacache_profile)
         if args.teacache_speedup is not None:
-            config = TeaCacheConfig(thresh, coefficients, **options)
-            thresh, predicted = threshold_for_speedup([t["rel_l1"] for t in profile["traces"]],
-                                                      args.teacache_speedup, config)
+            thresh, predicted = threshold_for_speedup(profile["traces"], args.teacache_speedup, config)
+            config = dataclasses.replace(config, rel_l1_thresh=thresh)
             notes.update(target_speedup=args.teacache_speedup, predicted_computed_steps=predicted)
             logger.info(f"TeaCache: target {args.teacache_speedup}x -> rel_l1_thresh {thresh:.4g} "
                         f"({predicted:.1f}/{num_steps} steps computed on the profile's traces)")
-    cache = enable_teacache(transformer, thresh, coefficients=coefficients, **options)
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "rel_l1_thresh"}
+    cache = enable_teacache(transformer, config.rel_l1_thresh, **options)
     cache.notes.update(notes)
     return cache
 

@@ -9,8 +9,12 @@ single blocks on the concatenated ``x`` with ``txt_len``, image tokens first.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
+
+import teacache_sample_video as tc
 
 
 class FakeDoubleBlock(nn.Module):
@@ -62,6 +66,12 @@ class FakeHunyuanTransformer(nn.Module):
 
     def block_calls(self) -> int:
         return sum(b.calls for b in list(self.double_blocks) + list(self.single_blocks))
+
+
+# Served as Tencent's transformer is: its spec, for this class (the registry matches exact classes, not layouts).
+TENCENT = next(s for s in tc.MODELS if "hyvideo.modules.models:HYVideoDiffusionTransformer" in s.classes)
+tc.register_model(dataclasses.replace(TENCENT, name="test fake of Tencent HunyuanVideo",
+                                      classes=(f"{__name__}:FakeHunyuanTransformer",)))
 
 
 def make_inputs(batch=2, img_tokens=24, txt_tokens=5, hidden=16, seed=0):

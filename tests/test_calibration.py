@@ -247,7 +247,7 @@ def test_statistics_summed_in_chunks_equal_whole_tensor_sums_and_keep_temporarie
                 LargestNewTensor.largest = max(LargestNewTensor.largest, out.numel())
             return out
 
-    sums, summed = tc.TeaCache._sums, []  # the method, and the sizes of the tensors it sums
+    sums, summed = tc.TeaCache.sums, []  # the method, and the sizes of the tensors it sums
 
     def watched(self, fn, *tensors):
         summed.extend(t.numel() for t in tensors)
@@ -255,7 +255,7 @@ def test_statistics_summed_in_chunks_equal_whole_tensor_sums_and_keep_temporarie
             return sums(self, fn, *tensors)
 
     monkeypatch.setattr(tc, "CHUNK_ELEMENTS", 97)
-    monkeypatch.setattr(tc.TeaCache, "_sums", watched)
+    monkeypatch.setattr(tc.TeaCache, "sums", watched)
     chunked = run_rules(curved, rules=["fitted"])[1]["fitted"]
     assert min(summed) > 5 * 97  # many chunks each
     assert chunked["computed_steps"] == whole["computed_steps"] and len(whole["gains"]) > 2

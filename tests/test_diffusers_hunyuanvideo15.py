@@ -69,7 +69,7 @@ def test_both_guidance_branches_see_one_indicator_but_keep_their_own_residuals()
         name = "pred_uncond" if kw["encoder_hidden_states"] is negative["encoder_hidden_states"] else "pred_cond"
         with model.cache_context(name):
             out = wrap(model)(**kw)
-        residuals.append(cache._gen.current.residual)
+        residuals.append(cache.generation.current.residual)
         return out
 
     with torch.no_grad():
@@ -139,9 +139,11 @@ def test_without_a_profile_it_warns_that_no_coefficients_are_published_for_15():
     from loguru import logger
 
     messages = []
+    tc._warn_once.cache_clear()  # once per process: forget earlier tests' warnings
     sink = logger.add(messages.append, level="WARNING")
     try:
         tc.enable_teacache(make_transformer_15(), 0.15).disable()
+        tc.enable_teacache(make_transformer_15(), 0.15).disable()  # the same warning is not logged again
         tc.enable_teacache(make_transformer_15(), 0.15, coefficients=(1.0, 0.0)).disable()
     finally:
         logger.remove(sink)
