@@ -401,9 +401,10 @@ class _Generation:
     A step is an interval of the sampler's schedule: with ``timesteps`` (t_0 > t_1 > ...), every call whose
     timestep t satisfies t_k >= t > t_{k+1} belongs to step k, so a second-order sampler's intermediate
     evaluations (DPM2's midpoint) and Heun's corrector at t_{k+1} are calls of steps too. Without a schedule a step
-    starts whenever the timestep changes. Calls at the same timestep are told apart by the host's branch key
-    (diffusers' ``cache_context``, ComfyUI's ``cond_or_uncond``): the same key is another call of the branch (Heun),
-    without a key another guidance branch (CFG called once per branch)."""
+    starts whenever the timestep changes. A host that calls the model once per guidance branch names the branch
+    (diffusers' ``cache_context`` does; ``TeaCache.branch(key)`` otherwise); unnamed calls are one branch (CFG
+    batched, as upstream batches it) when the schedule is given, and without it a call repeating the last timestep
+    is the next branch (so a Heun-type sampler needs the schedule, or a branch name)."""
 
     num_steps: Optional[int] = None
     schedule: Optional[Tuple[float, ...]] = None  # one timestep per step, non-increasing
@@ -553,7 +554,7 @@ class TeaCache:
             self._sections.append(self.stats())
             self.generation = g = _Generation(num_steps=g.num_steps, schedule=g.schedule)
             step, same_t = (g.step_of(t) if g.schedule is not None and t is not None else 0), False
-        if key is None:  # no branch key: a repeated timestep is the next guidance branch
+        if key is None and g.schedule is None:  # neither: a repeated timestep is the next guidance branch
             g.repeats = g.repeats + 1 if same_t else 0
             key = g.repeats
         if g.step < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
@@ -25,6 +26,10 @@ TRANSFORMER_CONFIG = dict(
 
 SIGMA_MIN = 0.05  # x0-prediction: the velocity's denominator is clamped here (training and sampling)
 NULL_TOKEN = "<null>"  # the whole "empty prompt" (classifier-free-guidance dropout during training)
+
+
+#: The samplers ``generate`` runs: one transformer call per step, or two (Heun's corrector; DPM2's midpoint).
+SAMPLERS = ("euler", "heun", "dpm2")
 
 
 def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
@@ -193,7 +198,8 @@ class TinyHunyuanVideo(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: Union[str, Sequence[str]], seed: int = 0, num_steps: Optional[int] = None,
                  guidance: Optional[float] = None, shift: Optional[float] = None, cache=None,
-                 cfg_scale: Optional[float] = None, return_latents: bool = False) -> torch.Tensor:
+                 cfg_scale: Optional[float] = None, return_latents: bool = False,
+                 sampler: str = "euler") -> torch.Tensor:
         """Sample a clip: ``(T, H, W, 3)`` float in [0, 1] (``(B, T, H, W, 3)`` for a list of prompts; prompt i
         uses seed ``seed + i``). Euler flow matching on HunyuanVideo's shifted schedule, one transformer call
         per step. ``cache``: the handle of ``enable_teacache(self.transformer, ...)``; it is
@@ -201,7 +207,11 @@ class TinyHunyuanVideo(nn.Module):
         classifier-free guidance against the empty prompt (the model saw it in 10% of training), batched
         into the same single call per step as upstream HunyuanVideo batches it (twice the rows; one
         TeaCache decision for both, as upstream). ``guidance`` feeds the guidance embedding.
-        ``return_latents``: the raw ``(B, 3, T, H, W)`` output."""
+        ``return_latents``: the raw ``(B, 3, T, H, W)`` output. ``sampler``: one of ``SAMPLERS``: ``"euler"`` (one
+        call per step), ``"heun"`` (a corrector call at the next noise level, as ComfyUI's and diffusers' Heun) or
+        ``"dpm2"`` (a second call at the log-midpoint noise level, as ComfyUI's ``dpm_2``); both take a plain Euler
+        last step. The cache is told the schedule (``reset(num_steps, timesteps=...)``), so it places every call
+        in its step."""
         s = self.config["sampling"]
         num_steps = s["num_steps"] if num_steps is None else int(num_steps)
         guidance = s["guidance"] if guidance is None else float(guidance)
@@ -213,16 +223,28 @@ class TinyHunyuanVideo(nn.Module):
         cond = self.encode(prompts + [""] * len(prompts) if use_cfg else prompts)
         device = cond["pooled_projections"].device
         x = self.initial_noise([seed + i for i in range(len(prompts))]).to(device)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         sigmas = flow_sigmas(num_steps, shift).tolist()
         if cache is not None:
-            cache.reset(num_steps)
+            cache.reset(num_steps, timesteps=[1000.0 * s for s in sigmas])
+
+        def flow(x, sigma):
+            if not use_cfg:
+                return self.velocity(x, sigma, cond, guidance)
+            v_cond, v_uncond = self.velocity(torch.cat([x, x]), sigma, cond, guidance).chunk(2)
+            return v_uncond + cfg_scale * (v_cond - v_uncond)
+
         for i in range(num_steps):
-            if use_cfg:
-                v_cond, v_uncond = self.velocity(torch.cat([x, x]), sigmas[i], cond, guidance).chunk(2)
-                v = v_uncond + cfg_scale * (v_cond - v_uncond)
-            else:
-                v = self.velocity(x, sigmas[i], cond, guidance)
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
+            now, then = sigmas[i], sigmas[i + 1]
+            v = flow(x, now)
+            if sampler == "euler" or then == 0:
+                x = x + (then - now) * v
+            elif sampler == "heun":
+                x = x + (then - now) * (v + flow(x + (then - now) * v, then)) / 2
+            else:  # dpm2: the slope at the log-midpoint noise level
+                mid = math.exp((math.log(now) + math.log(then)) / 2)
+                x = x + (then - now) * flow(x + (mid - now) * v, mid)
         if return_latents:
             return x
         video = data.from_model_layout(((x + 1) / 2).clamp(0, 1))
