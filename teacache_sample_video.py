@@ -37,9 +37,12 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import json
 import math
+import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -1200,9 +1203,103 @@ def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, t
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not upstream's page-long usage
+    """One-line errors (not upstream's page-long usage) and the defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+
+def _check_output_dir(parser: argparse.ArgumentParser, path, flag: str) -> Path:
+    """``path`` exists as a writable folder (made here), before any model is loaded."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"{flag} {path}: cannot create it ({e.strerror or e})")
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        parser.error(f"{flag} {path}: not a writable folder")
+    return path
+
+
+def _check_sampling_args(parser: argparse.ArgumentParser, args: argparse.Namespace, *, size_multiple: int = 1,
+                         length_rule: bool = True) -> None:
+    """What can be refused before loading a model: steps, frames, size, where the videos go."""
+    if args.infer_steps < 1:
+        parser.error(f"--infer-steps must be >= 1, got {args.infer_steps}")
+    if args.video_length < 1 or (length_rule and (args.video_length - 1) % 4):
+        parser.error(f"--video-length must be 4n+1 frames (1, 5, ..., 129), got {args.video_length}")
+    size = list(args.video_size)
+    if len(size) not in (1, 2) or any(v < 1 or v % size_multiple for v in size):
+        parser.error(f"--video-size takes HEIGHT WIDTH (or one size), positive multiples of {size_multiple}; "
+                     f"got {' '.join(map(str, size))}")
+    if getattr(args, "num_videos", 1) < 1:
+        parser.error(f"--num-videos must be >= 1, got {args.num_videos}")
+
+
+def _is_main_rank() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _unique_path(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists() or candidate.with_suffix(".json").exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def save_video(sample: torch.Tensor, path: Path, fps: int = 24) -> None:
+    """One ``(C, T, H, W)`` video in [0, 1] to mp4; the same frames upstream's ``save_videos_grid`` writes."""
+    import imageio
+
+    frames = (sample.clamp(0, 1) * 255).permute(1, 2, 3, 0).cpu().numpy().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(str(path), list(frames), fps=fps)
+
+
+def _video_name(seed, prompt: str) -> str:
+    """``20261205-204012_seed42_A_cat_walks_on_the_grass.mp4``: no spaces, colons or slashes."""
+    words = "".join(c if c.isalnum() or c in "-." else "_" for c in prompt[:100]).strip("_.")
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}_seed{seed}_{words or 'video'}.mp4"
+
+
+@dataclass
+class Video:
+    """One video a generation made, and what its report adds to the cache's."""
+
+    sample: torch.Tensor  # (C, T, H, W) in [0, 1]
+    path: Path  # where it goes (a free name is taken if it exists)
+    report: dict = field(default_factory=dict)
+    fps: int = 24
+
+
+def run_generations(cache: TeaCache, num_steps: int, generations: Sequence[Tuple[str, Callable[[], List[Video]]]],
+                    *, sections: bool = False, report: Optional[dict] = None) -> List[dict]:
+    """The loop every entry shares: for each ``(label, generate)``, reset the cache, run, log the summary, write
+    each video beside its JSON report (main rank only, never over an existing file). Returns the traces, for
+    calibration (a FramePack section is a run of its own)."""
+    traces: List[dict] = []
+    for n, (label, generate) in enumerate(generations, 1):
+        cache.reset(num_steps, sections=sections)
+        start = time.perf_counter()
+        videos = generate()
+        done = {**cache.report(), "generation_time_s": time.perf_counter() - start, **(report or {})}
+        logger.info(f"{label} ({n}/{len(generations)}): {cache.summary()}")
+        traces.extend(done.get("sections", [cache.stats()]))
+        for video in videos if _is_main_rank() else ():
+            path = _unique_path(video.path)
+            save_video(video.sample, path, fps=video.fps)
+            path.with_suffix(".json").write_text(json.dumps({**done, **video.report, "video": path.name}, indent=2,
+                                                            default=str))
+            logger.info(f"Sample save to: {path} (report: {path.with_suffix('.json').name})")
+    return traces
+
+
+# -- Tencent's repositories: HunyuanVideo, HunyuanVideo-I2V (hyvideo.config) ------------------------------------ #
 
 @dataclass(frozen=True)
 class Checkout:
@@ -1252,95 +1349,28 @@ def parse_args(argv: Optional[Sequence[str]] = None, checkout: Optional[Checkout
     parser = add_teacache_args(parser)
     args = parser.parse_args(argv)
     _check_teacache_args(parser, args)
+    _check_sampling_args(parser, args)
     if args.teacache_first_frame == "exclude" and not (
             getattr(args, "i2v_mode", False) and getattr(args, "i2v_condition_type", None) == "token_replace"):
         parser.error("--teacache-first-frame exclude is for image-to-video with --i2v-mode --i2v-condition-type "
                      "token_replace (where the first frame is the given image)")
+    if not Path(args.model_base).exists():
+        parser.error(f"--model-base {args.model_base}: no such folder")
+    save_path = args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}"
+    if _is_main_rank():
+        _check_output_dir(parser, save_path, "--save-path")
     return hy_config.sanity_check_args(args)
 
 
-def _is_main_rank() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _unique_path(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists() or candidate.with_suffix(".json").exists():
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    return candidate
-
-
-def save_video(sample: torch.Tensor, path: Path, fps: int = 24) -> None:
-    """One ``(C, T, H, W)`` video in [0, 1] to mp4; the same frames upstream's ``save_videos_grid`` writes."""
-    import imageio
-
-    frames = (sample.clamp(0, 1) * 255).permute(1, 2, 3, 0).cpu().numpy().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(str(path), list(frames), fps=fps)
-
-
-def _write_video_and_report(sample: torch.Tensor, path: Path, report: dict, fps: int = 24) -> Path:
-    path = _unique_path(path)
-    save_video(sample, path, fps=fps)
-    path.with_suffix(".json").write_text(json.dumps({**report, "video": path.name}, indent=2, default=str))
-    logger.info(f"Sample save to: {path} (report: {path.with_suffix('.json').name})")
-    return path
-
-
-def _video_name(seed, prompt: str) -> str:
-    return f"{datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}_seed{seed}_{prompt[:100].replace('/', '')}.mp4"
-
-
-def _standalone_help() -> None:
-    """``--help`` outside a checkout: the TeaCache flags, and where the others come from."""
-    parser = add_teacache_args(_ArgumentParser(
-        prog="teacache_sample_video.py", usage="%(prog)s [sample_video.py's flags] [TeaCache flags]",
-        description="HunyuanVideo inference with TeaCache. Copy this file next to sample_video.py in a Tencent "
-                    "HunyuanVideo checkout (or next to sample_image2video.py in HunyuanVideo-I2V, or generate.py in "
-                    "Tencent-Hunyuan/HunyuanVideo-1.5) and run it there with that script's flags (--help there "
-                    "lists them all) plus the TeaCache flags below (in 1.5's spelling there: --rel_l1_thresh, ...).",
-        epilog="No HunyuanVideo checkout here, so only the TeaCache flags are listed. Without a checkout, "
-               "--diffusers-model runs diffusers' HunyuanVideoPipeline instead (see "
-               "`teacache_sample_video.py --diffusers-model X --help`)."))
-    parser.print_help()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Upstream HunyuanVideo or HunyuanVideo-I2V (run from a checkout: ``CHECKOUTS``), HunyuanVideo-1.5
-    (``generate_main``); with ``--diffusers-model``, diffusers' pipeline instead."""
-    import importlib.util
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a == "--diffusers-model" or a.startswith("--diffusers-model=") for a in argv):
-        return diffusers_main(argv)
-    if importlib.util.find_spec("hyvideo") is None:
-        if any(a in ("-h", "--help") for a in argv):
-            _standalone_help()
-            return 0
-        print("teacache_sample_video.py: error: no HunyuanVideo checkout here (`hyvideo` is not importable); copy "
-              "this file next to sample_video.py in https://github.com/Tencent/HunyuanVideo (or sample_image2video.py "
-              "in Tencent/HunyuanVideo-I2V, generate.py in Tencent-Hunyuan/HunyuanVideo-1.5) and run it from there "
-              "(or pass --diffusers-model to use diffusers' HunyuanVideo pipelines)", file=sys.stderr)
-        return 2
-    package = Path(next(iter(importlib.util.find_spec("hyvideo").submodule_search_locations)))
-    if not (package / "config.py").is_file() and (package / "commons" / "parallel_states.py").is_file():
-        return generate_main(argv, package.parent)  # HunyuanVideo-1.5: no hyvideo/config.py, its own generate.py
-    from hyvideo import config as hy_config
-
-    checkout = recognise_checkout(hy_config)
+def tencent_main(argv: Sequence[str], checkout: Checkout) -> int:
+    """HunyuanVideo's ``sample_video.py`` (or -I2V's ``sample_image2video.py``) with a cache on its transformer."""
     args = parse_args(argv, checkout)
     prompts = _prompts(args)
     from hyvideo.inference import HunyuanVideoSampler
 
     logger.info(args)
-    models_root_path = Path(args.model_base)
-    if not models_root_path.exists():
-        raise ValueError(f"`models_root` not exists: {models_root_path}")
     save_path = Path(args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}")
-
-    sampler = HunyuanVideoSampler.from_pretrained(models_root_path, args=args)
+    sampler = HunyuanVideoSampler.from_pretrained(Path(args.model_base), args=args)
     args = sampler.args
     transformer = sampler.pipeline.transformer
     setting = {"video_size": list(args.video_size), "video_length": args.video_length, "flow_shift": args.flow_shift,
@@ -1348,37 +1378,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                **{k: getattr(args, k) for k in checkout.setting_args}}
     cache = cache_from_args(args, transformer, args.infer_steps, setting)
     upstream_args = {k: v for k, v in vars(args).items() if not (k == "rel_l1_thresh" or k.startswith("teacache_"))}
-    traces = []
-    for n, prompt in enumerate(prompts, 1):
-        cache.reset(args.infer_steps)
-        start = time.perf_counter()
+
+    def generate(prompt: str) -> List[Video]:
         outputs = sampler.predict(
             prompt=prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
             seed=args.seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps,
             guidance_scale=args.cfg_scale, num_videos_per_prompt=args.num_videos, flow_shift=args.flow_shift,
             batch_size=args.batch_size, embedded_guidance_scale=args.embedded_cfg_scale,
-            **{k: getattr(args, k) for k in checkout.predict_args},
-        )
-        generation_time = time.perf_counter() - start
-        logger.info(f"prompt {n}/{len(prompts)}: {cache.summary()}")
-        traces.append(cache.stats())
-        if not _is_main_rank():
-            continue
+            **{k: getattr(args, k) for k in checkout.predict_args})
         # upstream batches the videos of one prompt: they share one denoising run and so one set of decisions
-        report = {**cache.report(), "generation_time_s": generation_time, "upstream_args": upstream_args}
-        for i, sample in enumerate(outputs["samples"]):
-            seed = outputs["seeds"][i]
-            _write_video_and_report(sample, save_path / _video_name(seed, prompt),
-                                    {**report, "index": i, "seed": seed, "prompt": prompt})
+        return [Video(sample, save_path / _video_name(seed, prompt), {"index": i, "seed": seed, "prompt": prompt})
+                for i, (sample, seed) in enumerate(zip(outputs["samples"], outputs["seeds"]))]
+
+    traces = run_generations(cache, args.infer_steps, [("prompt", functools.partial(generate, p)) for p in prompts],
+                             report={"upstream_args": upstream_args})
     if args.teacache_calibrate:
         finish_calibration(args, transformer, traces, setting)
     return 0
 
 
-# --------------------------------------------------------------------------- #
-# CLI for HunyuanVideo-1.5's generate.py                                       #
-# --------------------------------------------------------------------------- #
-
+# -- Tencent-Hunyuan/HunyuanVideo-1.5 (its own generate.py) ---------------------------------------------------- #
 
 class _Replacing:
     """``target`` with some attributes replaced; the others are read through."""
@@ -1396,8 +1415,9 @@ def add_teacache_sr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     add_argument = _spelled(group, "_")
     add_argument("--teacache-sr-rel-l1-thresh", type=_threshold, default=0.0, metavar="T",
                  help="Threshold of the super-resolution stage's own cache (a second transformer, 6-8 distilled "
-                      "steps; the rule options above apply to it too). Default 0: that stage computes every step "
-                      "(see the README's measurement); its report is written all the same.")
+                      "steps; the rule options above apply to it too). 0: that stage computes every step (its "
+                      "share of the work is small and its few steps leave little to skip; see docs/checkouts.md); "
+                      "its report is written all the same.")
     add_argument("--teacache-sr-profile", metavar="JSON", default=None,
                  help="Coefficients for the super-resolution stage: a profile that --teacache_calibrate wrote for "
                       "it (beside the base stage's, with the suffix _sr).")
@@ -1408,44 +1428,74 @@ def _sr_profile_path(path: str) -> str:
     return str(Path(path).with_name(f"{Path(path).stem}_sr{Path(path).suffix}"))
 
 
-def generate_main(argv: Sequence[str], root: Path) -> int:
+class Generate15:
     """Tencent-Hunyuan/HunyuanVideo-1.5: the checkout's own ``generate.py`` runs (its flags, loading, optimisations,
-    offloading, sequence parallelism, saving on rank 0); the TeaCache flags are taken off the command line first, and
-    each stage's transformer (base, and super-resolution with ``--sr``) gets its own cache once generate.py has
-    optimised it. A report ``<video>_teacache.json`` is written beside every video it saves."""
-    import functools
-    import importlib.util
+    offloading, sequence parallelism, saving on rank 0); the TeaCache flags are taken off the command line first,
+    and each stage's transformer (base, and super-resolution with ``--sr``) gets its own cache once generate.py has
+    optimised it. A report ``<video>_teacache.json`` is written beside every video it saves. What it replaces in
+    the freshly loaded ``generate`` module (and ``sys.argv``) is put back when it returns or fails."""
 
-    parser = add_teacache_sr_args(add_teacache_args(_ArgumentParser(
-        prog="teacache_sample_video.py", add_help=False, allow_abbrev=False,
-        usage="%(prog)s [generate.py's flags] [TeaCache flags]"), spelling="_"))
-    ours, upstream_argv = parser.parse_known_args(argv)
-    asked_help = any(a in ("-h", "--help") for a in upstream_argv)
-    if not asked_help:
-        _check_teacache_args(parser, ours)
+    def __init__(self, argv: Sequence[str], root: Path):
+        self.root = root
+        self.parser = add_teacache_sr_args(add_teacache_args(_ArgumentParser(
+            prog="teacache_sample_video.py", add_help=False, allow_abbrev=False,
+            usage="%(prog)s [generate.py's flags] [TeaCache flags]"), spelling="_"))
+        self.ours, self.upstream_argv = self.parser.parse_known_args(argv)
+        self.asked_help = any(a in ("-h", "--help") for a in self.upstream_argv)
+        self.args: Optional[argparse.Namespace] = None  # generate.py's, once it parsed them
+        self.setting: dict = {}  # what profiles record
+        self.stages: Dict[str, Tuple[argparse.Namespace, TeaCache]] = {}  # "base" / "sr": its TeaCache args, cache
+        ours = self.ours
+        self.stage_args = {"base": ours, "sr": argparse.Namespace(**{
+            **vars(ours), "rel_l1_thresh": ours.teacache_sr_rel_l1_thresh, "teacache_profile": ours.teacache_sr_profile,
+            "teacache_speedup": None, "teacache_schedule": None,
+            "teacache_calibrate": ours.teacache_calibrate and _sr_profile_path(ours.teacache_calibrate)})}
+
+    def check(self) -> None:
+        ours, error = self.ours, self.parser.error
+        _check_teacache_args(self.parser, ours)
         if ours.teacache_prompts:
-            parser.error("--teacache_prompts: generate.py makes one video of one --prompt per run")
+            error("--teacache_prompts: generate.py makes one video of one --prompt per run")
         if ours.teacache_first_frame == "exclude":
-            parser.error("--teacache_first_frame exclude is for HunyuanVideo-I2V's token_replace; HunyuanVideo-1.5 "
-                         "gives the image by concatenation")
+            error("--teacache_first_frame exclude is for HunyuanVideo-I2V's token_replace; HunyuanVideo-1.5 gives the "
+                  "image by concatenation")
         if ours.teacache_sr_profile and not Path(ours.teacache_sr_profile).is_file():
-            parser.error(f"no such file: {ours.teacache_sr_profile}")
-    spec = importlib.util.spec_from_file_location("generate", root / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)  # what `python generate.py` does before its main(): parallel state, device
-    missing = [name for name in ("main", "generate_video", "save_video", "HunyuanVideo_1_5_Pipeline")
-               if not hasattr(generate, name)]
-    if missing:
-        parser.exit(2, f"teacache_sample_video.py: error: {root / 'generate.py'} has no {', '.join(missing)}: not the "
-                       "Tencent-Hunyuan/HunyuanVideo-1.5 generate.py this file runs\n")
-    run: dict = {}  # generate.py's parsed arguments and the setting profiles record
-    stages: dict = {}  # "base" / "sr": (the TeaCache arguments of that stage, its cache)
-    stage_args = {"base": ours, "sr": argparse.Namespace(**{
-        **vars(ours), "rel_l1_thresh": ours.teacache_sr_rel_l1_thresh, "teacache_profile": ours.teacache_sr_profile,
-        "teacache_speedup": None, "teacache_schedule": None,
-        "teacache_calibrate": ours.teacache_calibrate and _sr_profile_path(ours.teacache_calibrate)})}
+            error(f"no such file: {ours.teacache_sr_profile}")
 
-    def cached_once_optimised(stage: str, pipe) -> None:
+    def run(self) -> int:
+        if not self.asked_help:
+            self.check()
+        spec = importlib.util.spec_from_file_location("generate", self.root / "generate.py")
+        generate = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(generate)  # what `python generate.py` does before its main(): parallel state, device
+        missing = [name for name in ("main", "generate_video", "save_video", "HunyuanVideo_1_5_Pipeline")
+                   if not hasattr(generate, name)]
+        if missing:
+            self.parser.exit(2, f"teacache_sample_video.py: error: {self.root / 'generate.py'} has no "
+                                f"{', '.join(missing)}: not the Tencent-Hunyuan/HunyuanVideo-1.5 generate.py this file "
+                                "runs\n")
+        self.pipeline_cls, self.save, self.generate_video_upstream = (
+            generate.HunyuanVideo_1_5_Pipeline, generate.save_video, generate.generate_video)
+        replaced = [(generate, "HunyuanVideo_1_5_Pipeline",
+                     _Replacing(self.pipeline_cls, create_pipeline=self.create_pipeline)),
+                    (generate, "save_video", self.save_video), (generate, "generate_video", self.generate_video),
+                    (sys, "argv", [sys.argv[0] if sys.argv else "teacache_sample_video.py", *self.upstream_argv])]
+        before = [(owner, name, getattr(owner, name)) for owner, name, _ in replaced]
+        try:
+            for owner, name, value in replaced:
+                setattr(owner, name, value)
+            generate.main()  # parses generate.py's own flags (one-line errors come from there) and runs
+        except SystemExit as exit:
+            if self.asked_help and not exit.code:  # generate.py printed its flags; ours follow
+                self.parser.print_help()
+                return 0
+            raise
+        finally:
+            for owner, name, value in before:
+                setattr(owner, name, value)
+        return 0
+
+    def attach_after_optimisation(self, stage: str, pipe) -> None:
         """The cache goes on after ``apply_infer_optimization`` (torch.compile, FP8 GEMM, group offloading), so that
         it wraps the blocks as they will run."""
         optimise = pipe.apply_infer_optimization
@@ -1454,72 +1504,55 @@ def generate_main(argv: Sequence[str], root: Path) -> int:
         def apply_infer_optimization(*args, **kwargs):
             result = optimise(*args, **kwargs)
             # one generation per run; generate.py passes the base stage's steps and leaves the SR stage's default
-            steps = (run["args"].num_inference_steps if stage == "base" else None) or pipe.config.num_inference_steps
-            cache = cache_from_args(stage_args[stage], pipe.transformer, steps, {**run["setting"], "stage": stage})
-            stages[stage] = (stage_args[stage], cache.reset(steps))
+            steps = (self.args.num_inference_steps if stage == "base" else None) or pipe.config.num_inference_steps
+            cache = cache_from_args(self.stage_args[stage], pipe.transformer, steps, {**self.setting, "stage": stage})
+            self.stages[stage] = (self.stage_args[stage], cache.reset(steps))
             return result
 
         pipe.apply_infer_optimization = apply_infer_optimization
 
-    pipeline_cls = generate.HunyuanVideo_1_5_Pipeline
-
-    def create_pipeline(*args, **kwargs):
-        pipe = pipeline_cls.create_pipeline(*args, **kwargs)
-        run["setting"]["transformer_version"] = kwargs.get("transformer_version")
-        cached_once_optimised("base", pipe)
+    def create_pipeline(self, *args, **kwargs):
+        pipe = self.pipeline_cls.create_pipeline(*args, **kwargs)
+        self.setting["transformer_version"] = kwargs.get("transformer_version")
+        self.attach_after_optimisation("base", pipe)
         if hasattr(pipe, "sr_pipeline"):
-            cached_once_optimised("sr", pipe.sr_pipeline)
+            self.attach_after_optimisation("sr", pipe.sr_pipeline)
         return pipe
 
-    save = generate.save_video
-
-    def save_video(video, path):  # generate.py saves on rank 0 only
-        save(video, path)
+    def save_video(self, video, path):  # generate.py saves on rank 0 only
+        self.save(video, path)
         report_path = Path(path).with_name(f"{Path(path).stem}_teacache.json")
-        report = {"video": Path(path).name, "stages": {stage: cache.report() for stage, (_, cache) in stages.items()},
-                  "generate_args": vars(run["args"])}
+        report = {"video": Path(path).name, "stages": {stage: cache.report() for stage, (_, cache) in
+                                                       self.stages.items()}, "generate_args": vars(self.args)}
         report_path.write_text(json.dumps(report, indent=2, default=str))
         logger.info(f"TeaCache report: {report_path}")
 
-    original_generate_video = generate.generate_video
-
-    def generate_video(args):
+    def generate_video(self, args):
+        error = functools.partial(self.parser.exit, 2)
         if args.enable_cache:
-            raise SystemExit("teacache_sample_video.py: error: --enable_cache is generate.py's own step cache (a fixed "
-                             "schedule); it is not combined with TeaCache: drop it (--teacache_schedule START END "
-                             "INTERVAL computes the same steps, or --rel_l1_thresh 0 turns TeaCache off)")
+            error("teacache_sample_video.py: error: --enable_cache is generate.py's own step cache (a fixed schedule); "
+                  "it is not combined with TeaCache: drop it (--teacache_schedule START END INTERVAL computes the "
+                  "same steps, or --rel_l1_thresh 0 turns TeaCache off)\n")
         if args.output_path:
             base, ext = Path(args.output_path), Path(args.output_path).suffix
             for taken in (base, base.with_name(f"{base.stem}_teacache.json"),
                           *([base.with_name(f"{base.stem}_before_sr{ext}")] if args.save_pre_sr_video else [])):
                 if taken.exists():
-                    raise SystemExit(f"teacache_sample_video.py: error: {taken} exists; give another --output_path "
-                                     "(nothing is overwritten)")
-        run.update(args=args, setting={"resolution": args.resolution, "aspect_ratio": args.aspect_ratio,
-                                       "video_length": args.video_length, "task": "i2v" if args.image_path else "t2v"})
-        original_generate_video(args)
-        for stage, (options, cache) in stages.items():
+                    error(f"teacache_sample_video.py: error: {taken} exists; give another --output_path (nothing is "
+                          "overwritten)\n")
+            if _is_main_rank():
+                _check_output_dir(self.parser, base.parent, "--output_path's folder")
+        self.args = args
+        self.setting.update({"resolution": args.resolution, "aspect_ratio": args.aspect_ratio,
+                             "video_length": args.video_length, "task": "i2v" if args.image_path else "t2v"})
+        self.generate_video_upstream(args)
+        for stage, (options, cache) in self.stages.items():
             logger.info(f"{stage} stage: {cache.summary()}")
             if options.teacache_calibrate:
-                finish_calibration(options, cache.transformer, [cache.stats()], {**run["setting"], "stage": stage})
-
-    generate.HunyuanVideo_1_5_Pipeline = _Replacing(pipeline_cls, create_pipeline=create_pipeline)
-    generate.save_video, generate.generate_video = save_video, generate_video
-    sys.argv = [sys.argv[0] if sys.argv else "teacache_sample_video.py", *upstream_argv]
-    try:
-        generate.main()  # parses generate.py's own flags (one-line errors come from there) and runs
-    except SystemExit as exit:
-        if asked_help and not exit.code:  # generate.py printed its flags; ours follow
-            parser.print_help()
-            return 0
-        raise
-    return 0
+                finish_calibration(options, cache.transformer, [cache.stats()], {**self.setting, "stage": stage})
 
 
-# --------------------------------------------------------------------------- #
-# CLI for diffusers' HunyuanVideoPipeline (no HunyuanVideo checkout needed)    #
-# --------------------------------------------------------------------------- #
-
+# -- diffusers' HunyuanVideo pipelines (no checkout needed) --------------------------------------------------- #
 
 #: diffusers' HunyuanVideo pipelines the CLI runs: whether each takes an ``image``, and whether one call denoises
 #: several sections in a row (FramePack), each a generation of its own for the cache.
@@ -1532,6 +1565,8 @@ DIFFUSERS_PIPELINES = {
     "HunyuanVideo15Pipeline": dict(image=False, sections=False, guider=True),
     "HunyuanVideo15ImageToVideoPipeline": dict(image=True, sections=False, guider=True),
 }
+#: The diffusers releases this is tested with (the ``[diffusers]`` extra allows these).
+DIFFUSERS_TESTED = "0.32 to 0.38"
 
 
 def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -1548,7 +1583,7 @@ def add_diffusers_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--prompt", type=str, default=None)
     group.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
     group.add_argument("--video-size", type=int, nargs=2, default=(720, 1280), metavar=("HEIGHT", "WIDTH"))
-    group.add_argument("--video-length", type=int, default=129, help="Number of frames.")
+    group.add_argument("--video-length", type=int, default=129, help="Number of frames (4n+1).")
     group.add_argument("--infer-steps", type=int, default=50)
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--num-videos", type=int, default=1, help="Videos per prompt (seeds seed, seed+1, ...).")
@@ -1573,9 +1608,15 @@ def _pipeline_class_name(args, parser) -> str:
     resolved by diffusers at load time and checked then)."""
     if args.pipeline:
         return args.pipeline
-    index = Path(args.diffusers_model) / "model_index.json"
-    if not index.is_file():
+    folder = Path(args.diffusers_model)
+    if not folder.is_dir():
+        if folder.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", args.diffusers_model):
+            parser.error(f"--diffusers-model {args.diffusers_model}: neither a local pipeline folder nor a hub id "
+                         "(owner/name)")
         return ""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        parser.error(f"--diffusers-model {folder}: no model_index.json there (not a diffusers pipeline folder)")
     name = json.loads(index.read_text()).get("_class_name", "")
     if name not in DIFFUSERS_PIPELINES:
         parser.error(f"{args.diffusers_model} is a {name or 'pipeline of unknown class'}; this CLI runs "
@@ -1587,7 +1628,11 @@ def diffusers_main(argv: Sequence[str]) -> int:
     parser = add_teacache_args(add_diffusers_args(_ArgumentParser(
         description="HunyuanVideo (diffusers) with TeaCache")))
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("diffusers") is None:
+        parser.error("the diffusers CLI needs diffusers: pip install \"teacache-hunyuanvideo[diffusers]\" (tested "
+                     f"with diffusers {DIFFUSERS_TESTED})")
     _check_teacache_args(parser, args)
+    _check_sampling_args(parser, args, size_multiple=16, length_rule=False)
     prompts = _prompts(args)
     if args.image and not Path(args.image).is_file():
         parser.error(f"no such file: {args.image}")
@@ -1601,8 +1646,7 @@ def diffusers_main(argv: Sequence[str]) -> int:
     name = _pipeline_class_name(args, parser)
     if name:
         check_image(name)  # before loading anything
-    import inspect
-
+    save_path = _check_output_dir(parser, args.save_path, "--save-path")
     import diffusers
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
@@ -1653,24 +1697,18 @@ def diffusers_main(argv: Sequence[str]) -> int:
                        "is not used")
     cache = cache_from_args(args, pipe.transformer, args.infer_steps, setting)
     base_seed = args.seed if args.seed is not None else int(torch.randint(0, 1_000_000, ()).item())
-    traces = []
-    for prompt in prompts:
-        for i in range(args.num_videos):  # one denoising run (and report) per video
-            seed = base_seed + i
-            cache.reset(args.infer_steps, sections=kind["sections"])
-            start = time.perf_counter()
-            frames = pipe(
-                prompt=prompt, num_frames=args.video_length,
-                num_inference_steps=args.infer_steps, generator=torch.Generator("cpu").manual_seed(seed),
-                output_type="pt", **inputs, **guidance,
-            ).frames[0]  # (T, C, H, W) in [0, 1]
-            generation_time = time.perf_counter() - start
-            logger.info(f"video {i + 1}/{args.num_videos}: {cache.summary()}")
-            report = {**cache.report(), "generation_time_s": generation_time, "index": i, "seed": seed,
-                      "prompt": prompt, "pipeline": name, "diffusers_args": vars(args)}
-            traces.extend(report.get("sections", [cache.stats()]))  # a FramePack section is a run of its own
-            _write_video_and_report(frames.permute(1, 0, 2, 3), Path(args.save_path) / _video_name(seed, prompt),
-                                    report, fps=args.fps)
+
+    def generate(prompt: str, index: int) -> List[Video]:
+        seed = base_seed + index
+        frames = pipe(prompt=prompt, num_frames=args.video_length, num_inference_steps=args.infer_steps,
+                      generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **inputs,
+                      **guidance).frames[0]  # (T, C, H, W) in [0, 1]
+        return [Video(frames.permute(1, 0, 2, 3), save_path / _video_name(seed, prompt),
+                      {"index": index, "seed": seed, "prompt": prompt}, fps=args.fps)]
+
+    runs = [("video", functools.partial(generate, p, i)) for p in prompts for i in range(args.num_videos)]
+    traces = run_generations(cache, args.infer_steps, runs, sections=kind["sections"],  # one run per video
+                             report={"pipeline": name, "diffusers_args": vars(args)})
     if args.teacache_calibrate:
         finish_calibration(args, pipe.transformer, traces, setting)
     return 0
@@ -1679,6 +1717,46 @@ def diffusers_main(argv: Sequence[str]) -> int:
 def diffusers_cli() -> int:
     """Console entry of the installed package (``teacache-hunyuanvideo``): the diffusers CLI."""
     return diffusers_main(sys.argv[1:])
+
+
+# -- dispatch --------------------------------------------------------------------------------------------------- #
+
+def _standalone_help() -> None:
+    """``--help`` outside a checkout: the TeaCache flags, and where the others come from."""
+    parser = add_teacache_args(_ArgumentParser(
+        prog="teacache_sample_video.py", usage="%(prog)s [sample_video.py's flags] [TeaCache flags]",
+        description="HunyuanVideo inference with TeaCache. Copy this file next to sample_video.py in a Tencent "
+                    "HunyuanVideo checkout (or next to sample_image2video.py in HunyuanVideo-I2V, or generate.py in "
+                    "Tencent-Hunyuan/HunyuanVideo-1.5) and run it there with that script's flags (--help there "
+                    "lists them all) plus the TeaCache flags below (in 1.5's spelling there: --rel_l1_thresh, ...).",
+        epilog="No HunyuanVideo checkout here, so only the TeaCache flags are listed. Without a checkout, "
+               "--diffusers-model runs diffusers' HunyuanVideoPipeline instead (see "
+               "`teacache_sample_video.py --diffusers-model X --help`)."))
+    parser.print_help()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Dispatch: diffusers' pipelines (``--diffusers-model``), HunyuanVideo-1.5 (a ``hyvideo`` without
+    ``config.py``: its ``generate.py``), HunyuanVideo and -I2V (``hyvideo.config``: ``CHECKOUTS``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--diffusers-model" or a.startswith("--diffusers-model=") for a in argv):
+        return diffusers_main(argv)
+    found = importlib.util.find_spec("hyvideo")
+    if found is None:
+        if any(a in ("-h", "--help") for a in argv):
+            _standalone_help()
+            return 0
+        _ArgumentParser(prog="teacache_sample_video.py").error(
+            "no HunyuanVideo checkout here (`hyvideo` is not importable); copy this file next to sample_video.py in "
+            "https://github.com/Tencent/HunyuanVideo (or sample_image2video.py in Tencent/HunyuanVideo-I2V, "
+            "generate.py in Tencent-Hunyuan/HunyuanVideo-1.5) and run it from there (or pass --diffusers-model to use "
+            "diffusers' HunyuanVideo pipelines)")
+    package = Path(next(iter(found.submodule_search_locations)))
+    if not (package / "config.py").is_file() and (package / "commons" / "parallel_states.py").is_file():
+        return Generate15(argv, package.parent).run()
+    from hyvideo import config as hy_config
+
+    return tencent_main(argv, recognise_checkout(hy_config))
 
 
 if __name__ == "__main__":
