@@ -109,10 +109,10 @@ def main(argv=None) -> int:
                         "besides these only 'a moves on background' (any other word is an error)")
     p.add_argument("--rel-l1-thresh", type=_threshold, default=0.15,
                    help="TeaCache threshold (published HunyuanVideo coefficients); 0 turns caching off. "
-                        "Both TeaCache flags are those of teacache_sample_video.py, documented in the README "
+                        "Both TeaCache flags are those of teacache_sample_video.py, documented in docs/flags.md "
                         "('Beyond the reference: control, calibration, a better rule')")
     p.add_argument("--teacache-rule", choices=RULES, default="reuse",
-                   help="what a skipped step adds (see the README's flag table); default: the published reuse")
+                   help="what a skipped step adds (see docs/flags.md); default: the published reuse")
     p.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of each run (default 50)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="noise seed; the uncached and the TeaCache run use the same one (default 0)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
 import importlib.util
@@ -1202,11 +1203,22 @@ def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, t
                     f"{[float(f'{c:.6g}') for c in profile['coefficients']]} from {len(profile['traces'])} run(s)")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in ``--help`` (where it has one)."""
+
+    def _format_action(self, action):
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
+                and "%(default)" not in (action.help or ""):
+            action = copy.copy(action)
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+        return super()._format_action(action)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """One-line errors (not upstream's page-long usage) and the defaults in ``--help``."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(*args, formatter_class=_HelpFormatter, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -1624,11 +1636,18 @@ def _pipeline_class_name(args, parser) -> str:
     return name
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent that fails to import, or a module set to None in sys.modules
+        return False
+
+
 def diffusers_main(argv: Sequence[str]) -> int:
     parser = add_teacache_args(add_diffusers_args(_ArgumentParser(
         description="HunyuanVideo (diffusers) with TeaCache")))
     args = parser.parse_args(argv)
-    if importlib.util.find_spec("diffusers") is None:
+    if not _importable("diffusers"):
         parser.error("the diffusers CLI needs diffusers: pip install \"teacache-hunyuanvideo[diffusers]\" (tested "
                      f"with diffusers {DIFFUSERS_TESTED})")
     _check_teacache_args(parser, args)

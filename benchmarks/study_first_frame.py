@@ -10,7 +10,7 @@ dilute it by their share of its mass. This measures, on diffusers' I2V transform
   1 / latent frames;
 - the computed steps of ``--teacache-first-frame include`` (the published definition) and ``exclude`` at the
   published thresholds, uncalibrated;
-- calibrated as the README says (a profile traced on one seed, ``--teacache-speedup`` on another): the computed
+- calibrated as docs/calibration.md says (a profile traced on one seed, ``--teacache-speedup`` on another): the computed
   steps of both and their PSNR against the uncached output (random weights: this compares the two options on the
   same model, it says nothing of the real model's fidelity).
 

@@ -106,6 +106,68 @@ def test_inconsistent_flags_are_refused_before_loading(pipeline_dir, tmp_path, c
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--infer-steps", "0"], "--infer-steps must be >= 1"),
+    (["--video-length", "0"], "--video-length"),
+    (["--video-size", "30", "32"], "multiples of 16"),
+    (["--num-videos", "0"], "--num-videos"),
+])
+def test_bad_sampling_values_are_refused_in_one_line_before_loading(pipeline_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run(pipeline_dir, tmp_path, *flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.iterdir())  # nothing loaded, nothing written
+
+
+def test_an_unwritable_save_path_is_refused_before_loading(pipeline_dir, tmp_path, capsys):
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    for save in (taken, taken / "below"):  # a file where the folder should be; a folder below a file
+        with pytest.raises(SystemExit) as exc:
+            run(pipeline_dir, save)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "--save-path" in err[0], err
+
+
+@pytest.mark.parametrize("model,message", [
+    ("no such folder", "neither a local pipeline folder nor a hub id"),
+    ("owner/name/extra", "neither a local pipeline folder nor a hub id"),
+    (".", "no model_index.json"),
+])
+def test_a_bad_diffusers_model_is_refused_in_one_line(tmp_path, capsys, model, message):
+    with pytest.raises(SystemExit) as exc:
+        tc.main(["--diffusers-model", model, "--prompt", "x", "--save-path", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_without_diffusers_it_names_the_install_command(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['diffusers'] = None; import teacache_sample_video as tc; "
+            f"tc.main(['--diffusers-model', 'owner/name', '--prompt', 'x', '--save-path', {str(tmp_path)!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(tc.Path(tc.__file__).parent))
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and 'pip install "teacache-hunyuanvideo[diffusers]"' in err[0], err
+
+
+def test_video_names_have_no_spaces_or_colons(pipeline_dir, tmp_path):
+    assert run(pipeline_dir, tmp_path, "--prompt", "a cat: walks / on the grass") == 0
+    (video,) = tmp_path.glob("*.mp4")
+    assert not set(video.name) & set(" :/\\"), video.name
+    assert "a_cat__walks___on_the_grass" in video.name
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        tc.main(["--diffusers-model", "x", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 50)" in out and "(default: 0.15)" in out and "(default: reuse)" in out
+
+
 @pytest.mark.parametrize("offload", ["model", "sequential"])
 def test_diffusers_offloading_composes_with_the_cache(pipeline_dir, offload):
     """accelerate's offload hooks replace the transformer's (or every leaf's) forward on the instance; the

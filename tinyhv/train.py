@@ -2,7 +2,7 @@
 
 ``--model shapes`` (the default) trains the first model (HunyuanVideo's transformer on ``tinyhv.data``),
 ``--model scenes`` the second (HunyuanVideo 1.5's transformer on ``tinyhv.scenes``; its commands are in
-``assets/tiny_hunyuan_video15_scenes.json`` and the README). The first shipped model (``assets/``) came from these
+``assets/tiny_hunyuan_video15_scenes.json`` and docs/tinyhv.md). The first shipped model (``assets/``) came from these
 two commands (the second continues the first's state)::
 
     OMP_WAIT_POLICY=PASSIVE python -m tinyhv.train --steps 4000 --batch-size 16 --lr 1.5e-3 --prediction sample \
