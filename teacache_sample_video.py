@@ -1300,7 +1300,7 @@ def run_generations(cache: TeaCache, num_steps: int, generations: Sequence[Tuple
         start = time.perf_counter()
         videos = generate()
         done = {**cache.report(), "generation_time_s": time.perf_counter() - start, **(report or {})}
-        logger.info(f"{label} ({n}/{len(generations)}): {cache.summary()}")
+        logger.info(f"{label} {n}/{len(generations)}: {cache.summary()}")
         traces.extend(done.get("sections", [cache.stats()]))
         for video in videos if _is_main_rank() else ():
             path = _unique_path(video.path)
@@ -1366,11 +1366,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, checkout: Optional[Checkout
             getattr(args, "i2v_mode", False) and getattr(args, "i2v_condition_type", None) == "token_replace"):
         parser.error("--teacache-first-frame exclude is for image-to-video with --i2v-mode --i2v-condition-type "
                      "token_replace (where the first frame is the given image)")
-    if not Path(args.model_base).exists():
-        parser.error(f"--model-base {args.model_base}: no such folder")
-    save_path = args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}"
-    if _is_main_rank():
-        _check_output_dir(parser, save_path, "--save-path")
     return hy_config.sanity_check_args(args)
 
 
@@ -1378,10 +1373,15 @@ def tencent_main(argv: Sequence[str], checkout: Checkout) -> int:
     """HunyuanVideo's ``sample_video.py`` (or -I2V's ``sample_image2video.py``) with a cache on its transformer."""
     args = parse_args(argv, checkout)
     prompts = _prompts(args)
+    fail = _ArgumentParser(prog="teacache_sample_video.py")  # one-line errors, before anything loads
+    if not Path(args.model_base).exists():
+        fail.error(f"--model-base {args.model_base}: no such folder")
+    save_path = Path(args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}")
+    if _is_main_rank():
+        _check_output_dir(fail, save_path, "--save-path")
     from hyvideo.inference import HunyuanVideoSampler
 
     logger.info(args)
-    save_path = Path(args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}")
     sampler = HunyuanVideoSampler.from_pretrained(Path(args.model_base), args=args)
     args = sampler.args
     transformer = sampler.pipeline.transformer
