@@ -552,9 +552,9 @@ class TeaCache:
             step = g.step if same_t else g.step + 1
         if step < g.step or step >= g.num_steps:  # a new generation (or FramePack section) without reset
             if self._sections is None:
-                raise RuntimeError(f"TeaCache: transformer called for step {g.step + 2} of a {g.num_steps}-step "
-                                   "generation; call reset(num_steps) before each generation (a stale residual "
-                                   "would be reused otherwise)")
+                raise RuntimeError(f"TeaCache: transformer called for step {step + 1} of a {g.num_steps}-step "
+                                   f"generation after step {g.step + 1}; call reset(num_steps) before each "
+                                   "generation (a stale residual would be reused otherwise)")
             self._sections.append(self.stats())
             self.generation = g = _Generation(num_steps=g.num_steps, schedule=g.schedule)
             step, same_t = (g.step_of(t) if g.schedule is not None and t is not None else 0), False
