@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,11 +31,11 @@ import imageio.v3 as iio
 import pytest
 import torch
 
+from conftest import ROOT, needs_checkout
 from reference_rule import decision_margin
 from support.launch import free_port, run_worker
 from support.tiny_checkpoints import make_tiny_model_base
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "support" / "sp_worker.py"
 RUNNER = ROOT / "tests" / "support" / "run_cpu.py"
 
@@ -46,8 +45,7 @@ RTOL = 1e-5  # max |parallel - single| / max |single|
 TIMEOUT_S = 150
 
 pytestmark = [
-    pytest.mark.skipif(not os.environ.get("HUNYUANVIDEO_ROOT"),
-                       reason="HUNYUANVIDEO_ROOT is not set: point it at a Tencent/HunyuanVideo checkout"),
+    needs_checkout("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo"),
     pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("xfuser", "yunchang")),
                        reason="sequence parallelism needs the xfuser and yunchang packages"),
 ]
@@ -140,7 +138,7 @@ def test_teacache_parallel_output_matches_single(ranks, single):
 def test_fitted_rule_ranks_fit_the_single_process_gains(ranks, single):
     """The fitted rule's two sums are reduced too: every rank fits the same gains as one process, and the outputs
     match. On these random weights the residual turns back at every step: every gain fitted is 0, and the rule
-    gives reuse's outputs (``tests/test_distributed_decisions.py`` checks gains inside (0, 1) across ranks)."""
+    gives reuse's outputs (``tests/engine/test_distributed_decisions.py`` checks gains inside (0, 1) across ranks)."""
     ref = single["runs"]["fitted"]
     assert ref["report"]["gains"] and ref["report"]["skipped_steps"]
     assert ref["report"]["computed_steps"] == single["runs"]["teacache"]["report"]["computed_steps"]

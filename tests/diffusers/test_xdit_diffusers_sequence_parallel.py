@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ROOT
 from support.launch import free_port, run_worker
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "support" / "xdit_diffusers_worker.py"
 THRESH = 0.3
 TIMEOUT_S = 150

@@ -5,15 +5,13 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
 import torch
 
+from conftest import ROOT
 from tinyhv import evaluate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- benchmarks/bench_upstream.py ---------------------------------------------- #

@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = os.environ.get("HUNYUANVIDEO_15_ROOT", "").strip()
-if not ROOT:
-    pytest.skip("HUNYUANVIDEO_15_ROOT is not set (needs a Tencent-Hunyuan/HunyuanVideo-1.5 checkout)",
-                allow_module_level=True)
+from conftest import ROOT as REPO, checkout_root
+
+ROOT = str(checkout_root("HUNYUANVIDEO_15_ROOT", "Tencent-Hunyuan/HunyuanVideo-1.5"))  # the checkout
 
 from reference_rule import decision_margin, reference_computed_steps  # noqa: E402
 from support.launch import free_port, run_worker  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "support" / "run_cpu15.py"
 DROP_IN = REPO / "teacache_sample_video.py"
 STEPS, THRESH = 8, 0.3

@@ -3,9 +3,10 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "teacache_sample_video.py"
+from conftest import ROOT
+
+SCRIPT = ROOT / "teacache_sample_video.py"
 
 
 def test_outside_a_checkout_says_where_to_copy_the_file_and_exits_2(tmp_path):

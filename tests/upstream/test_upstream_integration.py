@@ -8,12 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-if not os.environ.get("HUNYUANVIDEO_ROOT"):
-    pytest.skip("HUNYUANVIDEO_ROOT is not set (needs a Tencent/HunyuanVideo checkout)", allow_module_level=True)
+from conftest import ROOT as REPO, checkout_root
+
+HYV = checkout_root("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo")
 
 import imageio.v3 as iio  # noqa: E402
 import torch  # noqa: E402
@@ -22,7 +22,6 @@ from reference_rule import HYVIDEO, ReferenceTeaCache, reference_computed_steps 
 from support import hyvideo_cpu as hc  # noqa: E402
 from support.tiny_checkpoints import make_tiny_model_base  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "support" / "run_cpu.py"
 STEPS = 12
 
@@ -192,8 +191,7 @@ def test_cli_writes_every_video_with_a_report(model_base, tmp_path):
 
 def test_cli_threshold_zero_is_identical_to_upstream_sample_video(model_base, tmp_path):
     ours = run_script(REPO / "teacache_sample_video.py", model_base, tmp_path / "ours", "--rel-l1-thresh", "0")
-    upstream = run_script(Path(os.environ["HUNYUANVIDEO_ROOT"]) / "sample_video.py", model_base,
-                          tmp_path / "upstream")
+    upstream = run_script(HYV / "sample_video.py", model_base, tmp_path / "upstream")
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert upstream.returncode == 0, upstream.stderr[-3000:]
     (a,), (b,) = list((tmp_path / "ours").glob("*.mp4")), list((tmp_path / "upstream").glob("*.mp4"))

@@ -8,12 +8,12 @@ transformer."""
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 STEPS = 3
 NEVER, ALWAYS = 0.0, 1e9  # residual_diff_threshold: 0 never reuses (cache-dit: threshold <= 0), 1e9 always does
 

@@ -7,20 +7,16 @@ Needs a checkout of the public Tencent-Hunyuan/HunyuanVideo-1.5 repository outsi
 """
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = os.environ.get("HUNYUANVIDEO_15_ROOT", "").strip()
-if not ROOT:
-    pytest.skip("HUNYUANVIDEO_15_ROOT is not set (needs a Tencent-Hunyuan/HunyuanVideo-1.5 checkout)",
-                allow_module_level=True)
+from conftest import ROOT as REPO, checkout_root
+
+ROOT = str(checkout_root("HUNYUANVIDEO_15_ROOT", "Tencent-Hunyuan/HunyuanVideo-1.5"))  # the checkout
 
 from support.launch import run_worker  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "support" / "v15_worker.py"
 
 

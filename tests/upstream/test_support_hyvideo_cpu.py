@@ -7,21 +7,14 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-if not os.environ.get("HUNYUANVIDEO_ROOT"):
-    pytest.skip(
-        "HUNYUANVIDEO_ROOT is not set (needs a Tencent/HunyuanVideo checkout)",
-        allow_module_level=True,
-    )
+from conftest import ROOT, checkout_root
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+HYV = checkout_root("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo")
 
 from tests.support import hyvideo_cpu as H  # noqa: E402
 
@@ -274,9 +267,8 @@ def test_upstream_sampler_in_process_is_reproducible(tiny_base):
 
 
 def test_runner_runs_upstream_sample_video(tiny_base, tmp_path):
-    hyv = Path(os.environ["HUNYUANVIDEO_ROOT"])
     env = dict(os.environ, **tiny_base["env"], HYVIDEO_CPU_SAVE_TENSORS=str(tmp_path / "t"))
-    cmd = [sys.executable, str(REPO_ROOT / "tests/support/run_cpu.py"), str(hyv / "sample_video.py"),
+    cmd = [sys.executable, str(ROOT / "tests/support/run_cpu.py"), str(HYV / "sample_video.py"),
            *tiny_base["cli_args"], "--video-size", "32", "32", "--video-length", "5",
            "--infer-steps", "2", "--prompt", "a cat", "--seed", "1", "--flow-reverse",
            "--save-path", str(tmp_path / "v")]

@@ -18,15 +18,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-ROOT = os.environ.get("HUNYUANVIDEO_I2V_ROOT", "").strip()
-if not ROOT:
-    pytest.skip("HUNYUANVIDEO_I2V_ROOT is not set (needs a Tencent/HunyuanVideo-I2V checkout)",
-                allow_module_level=True)
+from conftest import ROOT as REPO, checkout_root
+
+ROOT = str(checkout_root("HUNYUANVIDEO_I2V_ROOT", "Tencent/HunyuanVideo-I2V"))  # the checkout
 
 from reference_rule import decision_margin, reference_computed_steps  # noqa: E402
 from support.launch import free_port, run_worker  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "support" / "i2v_worker.py"
 RUNNER = REPO / "tests" / "support" / "run_cpu.py"
 CLI_STEPS, CLI_THRESH = 12, 0.3

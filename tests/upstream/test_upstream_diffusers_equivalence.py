@@ -6,13 +6,13 @@ layer's shift/scale halves swapped), the way diffusers' conversion script for Hu
 Needs ``HUNYUANVIDEO_ROOT`` (a Tencent/HunyuanVideo checkout outside this repository); skipped otherwise.
 """
 
-import os
 import re
 
 import pytest
 
-if not os.environ.get("HUNYUANVIDEO_ROOT"):
-    pytest.skip("HUNYUANVIDEO_ROOT is not set (needs a Tencent/HunyuanVideo checkout)", allow_module_level=True)
+from conftest import checkout_root
+
+checkout_root("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo")
 
 import torch  # noqa: E402
 from diffusers import HunyuanVideoTransformer3DModel  # noqa: E402
