@@ -1218,7 +1218,7 @@ class _ArgumentParser(argparse.ArgumentParser):
     """One-line errors (not upstream's page-long usage) and the defaults in ``--help``."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=_HelpFormatter, **kwargs)
+        super().__init__(*args, **{"formatter_class": _HelpFormatter, **kwargs})
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
