@@ -240,6 +240,32 @@ def test_unknown_model_is_refused_clearly():
         tc.enable_teacache(torch.nn.Linear(2, 2))
 
 
+def test_a_model_with_the_same_attributes_but_another_class_is_refused_before_anything_is_hooked():
+    """The registry matches classes, not attributes: a Flux-layout model (ComfyUI's HunyuanVideo has
+    ``double_blocks``/``single_blocks`` too, with blocks that take other arguments) is not taken for Tencent's."""
+    class FluxLayout(torch.nn.Module):  # the fake's blocks and attributes, in a class the registry does not serve
+        def __init__(self):
+            super().__init__()
+            fake = FakeHunyuanTransformer()
+            self.double_blocks, self.single_blocks = fake.double_blocks, fake.single_blocks
+
+    FluxLayout.__module__ = "comfy.ldm.flux.model"
+    model = FluxLayout()
+    with pytest.raises(TypeError) as error:
+        tc.enable_teacache(model, 0.15)
+    message = str(error.value)
+    assert "FluxLayout" in message and "HYVideoDiffusionTransformer" in message and "\n" not in message
+    assert all("forward" not in vars(b) for b in list(model.double_blocks) + list(model.single_blocks))
+    assert not model._forward_pre_hooks and not hasattr(model, "_teacache")
+
+
+def test_a_subclass_of_a_served_class_is_served_by_its_spec():
+    class Derived(FakeHunyuanTransformer):
+        pass
+
+    assert tc.find_model(Derived()) is tc.find_model(FakeHunyuanTransformer())
+
+
 # -- arguments ---------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", True])
