@@ -716,7 +716,7 @@ def _summary(cache: TeaCache) -> str:
     per_step = s["transformer_calls"] > s["steps_run"] * max(1, s["num_branches"])
     unit = "calls" if per_step else "steps"
     calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
-        if s["num_branches"] > 1 or per_step else ""
+        if s["num_branches"] > 1 else ""
     decided = f"rel_l1_thresh={cfg.rel_l1_thresh:g}" if cfg.schedule is None \
         else f"fixed schedule {'/'.join(map(str, cfg.schedule))}"
     head = f"TeaCache({decided}, rule={cfg.rule}): "
