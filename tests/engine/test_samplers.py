@@ -102,13 +102,14 @@ def test_a_bad_schedule_is_refused():
     cache.reset(3, timesteps=[1000.0, 600.0, 300.0, 0.0])  # a trailing terminal value (ComfyUI's sigmas) is fine
 
 
-def diffusers_heun(model, cache, thresh_steps=STEPS):
-    """diffusers' Heun scheduler driving the transformer as diffusers' pipelines call it (inside cache_context)."""
+def diffusers_heun(model, cache, thresh_steps=STEPS, true_cfg=None):
+    """diffusers' Heun scheduler driving the transformer as diffusers' pipelines call it (inside cache_context;
+    with ``true_cfg`` a second call per evaluation, in the "uncond" context, as HunyuanVideoPipeline's true CFG)."""
     from diffusers import FlowMatchHeunDiscreteScheduler
 
     scheduler = FlowMatchHeunDiscreteScheduler(shift=7.0)
     scheduler.set_timesteps(thresh_steps)
-    inputs = make_inputs()
+    inputs, negative = make_inputs(), make_inputs(seed=7)
     x = inputs["hidden_states"]
     if cache is not None:
         cache.reset(thresh_steps, timesteps=scheduler.timesteps)
@@ -116,6 +117,10 @@ def diffusers_heun(model, cache, thresh_steps=STEPS):
         for t in scheduler.timesteps:
             with model.cache_context("cond"):
                 v = model(**{**inputs, "hidden_states": x, "timestep": t.expand(1)}, return_dict=False)[0]
+            if true_cfg is not None:
+                with model.cache_context("uncond"):
+                    u = model(**{**negative, "hidden_states": x, "timestep": t.expand(1)}, return_dict=False)[0]
+                v = u + true_cfg * (v - u)
             x = scheduler.step(v, t, x).prev_sample
     return x, len(scheduler.timesteps)
 
@@ -134,3 +139,23 @@ def test_diffusers_heun_scheduler_runs_with_the_cache():
     assert 0 < len(s["skipped_steps"]) and s["computed_calls"] < calls
     assert s["steps"] == [0] + [i for i in range(1, STEPS) for _ in range(2)]  # corrector and predictor at t_i
     assert torch.isfinite(cached).all() and not torch.equal(cached, plain)
+
+
+def test_diffusers_heun_with_true_cfg_keeps_each_branch_apart():
+    """Heun and guidance branches called apart: the repeated timesteps are told apart by the branch names, so each
+    branch sees all its 2N-1 calls and decides as a single-branch run fed that branch's calls would."""
+    model = make_transformer()
+    cache = tc.enable_teacache(model, 0.3)
+    plain_model = make_transformer()
+    plain, calls = diffusers_heun(plain_model, None, true_cfg=3.0)
+    cached, _ = diffusers_heun(model, cache, true_cfg=3.0)
+    s = cache.stats()
+    assert s["num_branches"] == 2 and s["transformer_calls"] == 2 * calls
+    cond, uncond = s["branches"]
+    for branch in (cond, uncond):
+        assert branch["steps"] == [0] + [i for i in range(1, STEPS) for _ in range(2)]
+        assert branch["computed_steps"] == [branch["steps"][i] for i in tc.replay(branch["rel_l1"], tc.TeaCacheConfig(
+            0.3), steps=branch["steps"], num_steps=STEPS)]
+    assert cond["rel_l1"] != uncond["rel_l1"] and cond["skipped_steps"]
+    zero = tc.enable_teacache(plain_model, 0.0)
+    assert torch.equal(diffusers_heun(plain_model, zero, true_cfg=3.0)[0], plain)
