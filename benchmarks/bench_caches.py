@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import teacache_sample_video as tc  # noqa: E402
 from tinyhv import metrics  # noqa: E402
@@ -353,7 +353,7 @@ class Random:
                   out_channels=16, patch_size=2)
 
     def __init__(self, steps):
-        from tiny_diffusers import make_inputs, make_transformer, sample
+        from tinyhv.random_models import make_inputs, make_transformer, sample
 
         self.transformer = make_transformer(seed=0, **self.CONFIG)
         self._sample, self._inputs, self.steps = sample, make_inputs, steps

@@ -16,7 +16,7 @@ or peak allocated (CUDA), and the tensors the cache itself holds.
         --latent 33 68 120 --text-len 256 --steps 8 --settings off 0.15
 
 Needs a HunyuanVideo checkout (HUNYUANVIDEO_ROOT). On a CPU (no flash attention) upstream's attention
-is replaced by the test suite's SDPA stand-in (tests/support/hyvideo_cpu.py), as in the tests.
+is replaced by the test suite's SDPA stand-in (tinyhv/upstream_cpu/hyvideo_cpu.py), as in the tests.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 SIZES = {
     # hidden 192 = 3 heads x 64 (rope 16+24+24), 2 double + 4 single blocks
@@ -62,7 +62,7 @@ def _is_v15(root: Path) -> bool:
 def run_one_v15(setting: str, opts, device, dtype) -> dict:
     """HunyuanVideo-1.5's transformer, fed as its pipeline feeds it (CFG batched: two samples per call)."""
     import torch
-    from support import hyvideo15_cpu as h15
+    from tinyhv.upstream_cpu import hyvideo15_cpu as h15
 
     import teacache_sample_video as tc
 
@@ -124,7 +124,7 @@ def _row(setting, opts, cache, ticks, device, image_tokens, condition) -> dict:
 
 def run_one(setting: str, opts) -> dict:
     import torch
-    from support import hyvideo_cpu as hc
+    from tinyhv.upstream_cpu import hyvideo_cpu as hc
 
     torch.set_grad_enabled(False)
     root = hc.add_hunyuanvideo_to_path()
@@ -164,8 +164,8 @@ def run_one(setting: str, opts) -> dict:
 
 
 def _hunyuanvideo_root_error() -> str | None:
-    """Why ``$HUNYUANVIDEO_ROOT`` is unusable (the check of tests/support/hyvideo_cpu.py, without importing torch),
-    or None."""
+    """Why ``$HUNYUANVIDEO_ROOT`` is unusable (the check of tinyhv/upstream_cpu/hyvideo_cpu.py, without importing
+    torch), or None."""
     root = os.environ.get("HUNYUANVIDEO_ROOT", "").strip()
     if not root:
         return ("HUNYUANVIDEO_ROOT is not set: point it at a checkout of Tencent/HunyuanVideo (the directory that "

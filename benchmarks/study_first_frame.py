@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
@@ -49,7 +49,7 @@ def main() -> int:
     from loguru import logger
 
     import teacache_sample_video as tc
-    from tiny_diffusers import i2v_caller, make_i2v_transformer, make_inputs, sample
+    from tinyhv.random_models import i2v_caller, make_i2v_transformer, make_inputs, sample
 
     logger.remove()  # the I2V coefficient warning, once per run, is known here
     torch.set_grad_enabled(False)

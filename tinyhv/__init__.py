@@ -17,6 +17,10 @@ whatever the sampler makes of the noise, as in real video, so a step cache has s
     from tinyhv import TinyHunyuanVideo15
     model = TinyHunyuanVideo15.from_pretrained()
     video = model.generate("a red circle and a blue square cross horizontally quickly camera left", seed=0)
+
+Also here, for the tests and the benchmarks (untrained, nothing shipped): ``tinyhv.random_models``, tiny
+random-weight diffusers transformers, their inputs and an Euler loop; ``tinyhv.upstream_cpu``, CPU stand-ins that run
+Tencent's own HunyuanVideo code from ``$HUNYUANVIDEO_ROOT``.
 """
 
 __all__ = ["DEFAULT_ASSETS", "SCENES_ASSETS", "TinyHunyuanVideo", "TinyHunyuanVideo15", "TinyTextEncoder"]

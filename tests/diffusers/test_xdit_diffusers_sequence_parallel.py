@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from support.launch import free_port, run_worker
+from support.launch import run_worker
+from tinyhv.upstream_cpu import free_port
 
 WORKER = ROOT / "tests" / "support" / "xdit_diffusers_worker.py"
 THRESH = 0.3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import teacache_sample_video as tc
-from tiny_diffusers import make_inputs, make_transformer, sample
+from tinyhv.random_models import make_inputs, make_transformer, sample
 
 STEPS, THRESH = 14, 0.3
 dynamo = pytest.importorskip("torch._dynamo")

@@ -14,7 +14,7 @@ import teacache_sample_video as tc
 from tinyhv import TinyHunyuanVideo
 from tinyhv.metrics import psnr
 from tinyhv.model import flow_sigmas
-from tiny_diffusers import make_inputs, make_transformer
+from tinyhv.random_models import make_inputs, make_transformer
 
 PROMPT = "a big red circle moves left on a dark background"
 STEPS = 8

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from support import hyvideo_cpu as hc  # noqa: E402
+from tinyhv.upstream_cpu import hyvideo_cpu as hc  # noqa: E402
 
 hc.add_hunyuanvideo_to_path()
 hc.install_cpu_standins()

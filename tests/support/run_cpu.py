@@ -21,7 +21,7 @@ Before SCRIPT runs as ``__main__`` (via runpy, ``sys.argv = [SCRIPT, *args]``,
    HunyuanVideo-I2V pins did (``hyvideo_cpu.install_llava_legacy_image_tokens``);
 7. under ``torchrun`` (``WORLD_SIZE`` > 1), installs xfuser's CPU stand-ins and
    sends upstream's nccl / ``cuda:N`` set-up to gloo and the CPU
-   (``xfuser_cpu.py``), so that ``--ulysses-degree`` / ``--ring-degree`` run.
+   (``tinyhv/upstream_cpu/xfuser_cpu.py``), so that ``--ulysses-degree`` / ``--ring-degree`` run.
 
 Optional: ``HYVIDEO_CPU_SAVE_TENSORS=DIR`` also saves every tensor passed to
 ``hyvideo.utils.file_utils.save_videos_grid`` as ``DIR/<video name>.pt``
@@ -215,7 +215,7 @@ def prepare() -> None:
     """Everything the runner does before handing over to SCRIPT."""
     if str(_REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(_REPO_ROOT))
-    from tests.support import hyvideo_cpu
+    from tinyhv.upstream_cpu import hyvideo_cpu
 
     hyvideo_cpu.add_hunyuanvideo_to_path()
     hyvideo_cpu.register_tiny_config()
@@ -225,7 +225,7 @@ def prepare() -> None:
     install_torchvision_stub()
     hyvideo_cpu.install_llava_legacy_image_tokens()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from tests.support import xfuser_cpu
+        from tinyhv.upstream_cpu import xfuser_cpu
 
         xfuser_cpu.install_xfuser_cpu_standins()
         xfuser_cpu.install_hyvideo_distributed_cpu_redirect()

@@ -58,7 +58,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from tests.support import run_cpu, tiny_v15_base, xfuser_cpu  # noqa: E402
+from tests.support import run_cpu, tiny_v15_base  # noqa: E402
+from tinyhv.upstream_cpu import xfuser_cpu  # noqa: E402
 
 _STANDIN_MARK = "_hyvideo15_cpu_standin"
 
@@ -252,7 +253,7 @@ def prepare() -> None:
     except RuntimeError as e:
         raise SystemExit(f"run_cpu15.py: {e}") from None
     install_torchvision_stub()
-    from tests.support import hyvideo15_cpu
+    from tinyhv.upstream_cpu import hyvideo15_cpu
 
     hyvideo15_cpu.install_cpu_parallel_state()
     install_cuda_set_device_noop()

@@ -57,7 +57,7 @@ def _setup_paths() -> None:
         sys.exit("sp_worker.py: set HUNYUANVIDEO_ROOT to a Tencent/HunyuanVideo checkout")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.support.hyvideo_cpu import add_hunyuanvideo_to_path
+    from tinyhv.upstream_cpu.hyvideo_cpu import add_hunyuanvideo_to_path
 
     add_hunyuanvideo_to_path()
 
@@ -112,13 +112,13 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     torch.set_num_threads(1 if not args.single else torch.get_num_threads())
 
-    from tests.support.hyvideo_cpu import install_cpu_standins, make_tiny_inputs, make_tiny_transformer
+    from tinyhv.upstream_cpu.hyvideo_cpu import install_cpu_standins, make_tiny_inputs, make_tiny_transformer
 
     install_cpu_standins()  # get_cu_seqlens / flash-varlen attention on CPU
     if args.single:
         rank, world = 0, 1
     else:
-        from tests.support.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
+        from tinyhv.upstream_cpu.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
 
         install_xfuser_cpu_standins()  # before hyvideo.inference imports xfuser
         rank, world = init_gloo_sequence_parallel(args.ulysses_degree, args.ring_degree)

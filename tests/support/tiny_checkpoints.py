@@ -29,7 +29,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from . import hyvideo_cpu as H
+from tinyhv.upstream_cpu import hyvideo_cpu as H
 
 LLM_SPECIAL_TOKENS = [
     "<|begin_of_text|>",

@@ -49,7 +49,8 @@ from typing import Dict, Iterable, List
 
 import torch
 
-from . import hyvideo_cpu as H
+from tinyhv.upstream_cpu import hyvideo_cpu as H
+
 from .tiny_checkpoints import _seeded  # seeds torch for one block, restoring the global state after
 
 DEFAULT_VERSIONS = ("480p_t2v", "480p_i2v", "480p_i2v_step_distilled")

@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from support import hyvideo_cpu as hc  # noqa: E402
+from tinyhv.upstream_cpu import hyvideo_cpu as hc  # noqa: E402
 
 hc.add_hunyuanvideo_to_path()
 
-from support.hyvideo15_cpu import build, denoise, inputs, install_cpu_parallel_state  # noqa: E402
+from tinyhv.upstream_cpu.hyvideo15_cpu import build, denoise, inputs, install_cpu_parallel_state  # noqa: E402
 
 import teacache_sample_video as tc  # noqa: E402
 from reference_rule import HYVIDEO15, ReferenceTeaCache  # noqa: E402

@@ -10,11 +10,11 @@ sample the same Euler flow-matching loop with ``enable_teacache(model, THRESH)``
 itself), then once more with ``process_group=None`` and a threshold that never skips, recording each rank's
 own-shard indicator. Each rank writes ``DIR/rank{R}.pt`` (``--single``: ``DIR/single.pt``).
 
-Test-only stand-ins: ``support.xfuser_cpu`` (xfuser/yunchang on a CPU build), and xfuser's runtime state, which
-its pipeline wrappers would set up, replaced by the few fields the transformer and USP read (flash attention
-through torch's CPU kernel, which returns the log-sum-exp that USP's ring merge needs; no FP8 communication, no
-head balancing); USP's handle on yunchang's process groups, which it only takes when
-CUDA is present at import.
+Test-only stand-ins: ``tinyhv.upstream_cpu.xfuser_cpu`` (xfuser/yunchang on a CPU build), and xfuser's runtime
+state, which its pipeline wrappers would set up, replaced by the few fields the transformer and USP read (flash
+attention through torch's CPU kernel, which returns the log-sum-exp that USP's ring merge needs; no FP8
+communication, no head balancing); USP's handle on yunchang's process groups, which it only takes when CUDA is
+present at import.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 STEPS = 12
 PROBE_THRESH = 1e-6  # below the published polynomial's minimum: never skips
@@ -35,7 +35,7 @@ PROBE_THRESH = 1e-6  # below the published polynomial's minimum: never skips
 def _parallel_model(plain):
     import torch
 
-    from support.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
+    from tinyhv.upstream_cpu.xfuser_cpu import init_gloo_sequence_parallel, install_xfuser_cpu_standins
 
     install_xfuser_cpu_standins(hyvideo=False)
     from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY, AttentionBackendType
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     import torch
 
     import teacache_sample_video as tc
-    from tiny_diffusers import make_inputs, make_transformer, sample
+    from tinyhv.random_models import make_inputs, make_transformer, sample
 
     torch.set_grad_enabled(False)
     model, rank = (make_transformer(seed=0), None) if args.single else _parallel_model(make_transformer(seed=0))

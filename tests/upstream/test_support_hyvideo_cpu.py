@@ -1,4 +1,4 @@
-"""Checks for the test-only CPU stand-ins in tests/support (not the product).
+"""Checks for the CPU stand-ins in tinyhv/upstream_cpu/hyvideo_cpu.py and tests/support (not the product).
 
 Needs a checkout of Tencent/HunyuanVideo: HUNYUANVIDEO_ROOT=/path/to/it.
 """
@@ -16,7 +16,7 @@ from conftest import ROOT, checkout_root
 
 HYV = checkout_root("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo")
 
-from tests.support import hyvideo_cpu as H  # noqa: E402
+from tinyhv.upstream_cpu import hyvideo_cpu as H  # noqa: E402
 
 H.add_hunyuanvideo_to_path()
 H.register_tiny_config()

@@ -17,8 +17,8 @@ checkout_root("HUNYUANVIDEO_ROOT", "Tencent/HunyuanVideo")
 import torch  # noqa: E402
 from diffusers import HunyuanVideoTransformer3DModel  # noqa: E402
 
-from support import hyvideo_cpu as hc  # noqa: E402
-from tiny_diffusers import sample  # noqa: E402
+from tinyhv.random_models import sample  # noqa: E402
+from tinyhv.upstream_cpu import hyvideo_cpu as hc  # noqa: E402
 
 hc.add_hunyuanvideo_to_path()
 hc.install_cpu_standins()

@@ -23,7 +23,8 @@ from conftest import ROOT as REPO, checkout_root
 ROOT = str(checkout_root("HUNYUANVIDEO_I2V_ROOT", "Tencent/HunyuanVideo-I2V"))  # the checkout
 
 from reference_rule import decision_margin, reference_computed_steps  # noqa: E402
-from support.launch import free_port, run_worker  # noqa: E402
+from support.launch import run_worker  # noqa: E402
+from tinyhv.upstream_cpu import free_port  # noqa: E402
 
 WORKER = REPO / "tests" / "support" / "i2v_worker.py"
 RUNNER = REPO / "tests" / "support" / "run_cpu.py"

@@ -19,8 +19,8 @@ import imageio.v3 as iio  # noqa: E402
 import torch  # noqa: E402
 
 from reference_rule import HYVIDEO, ReferenceTeaCache, reference_computed_steps  # noqa: E402
-from support import hyvideo_cpu as hc  # noqa: E402
 from support.tiny_checkpoints import make_tiny_model_base  # noqa: E402
+from tinyhv.upstream_cpu import hyvideo_cpu as hc  # noqa: E402
 
 RUNNER = REPO / "tests" / "support" / "run_cpu.py"
 STEPS = 12

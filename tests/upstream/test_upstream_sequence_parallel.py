@@ -2,7 +2,7 @@
 
 ``tests/support/sp_worker.py`` runs Tencent's own ``parallelize_transformer`` and
 ``parallel_attention`` under ``torchrun --nproc_per_node=2`` (gloo, CPU stand-ins from
-``tests/support/xfuser_cpu.py``) and, as the reference, the same denoising loop in one
+``tinyhv/upstream_cpu/xfuser_cpu.py``) and, as the reference, the same denoising loop in one
 process. Each rank saves its own results and TeaCache report. Checked here:
 
 * TeaCache off: both ranks' outputs equal the single-process outputs;
@@ -33,8 +33,9 @@ import torch
 
 from conftest import ROOT, needs_checkout
 from reference_rule import decision_margin
-from support.launch import free_port, run_worker
+from support.launch import run_worker
 from support.tiny_checkpoints import make_tiny_model_base
+from tinyhv.upstream_cpu import free_port
 
 WORKER = ROOT / "tests" / "support" / "sp_worker.py"
 RUNNER = ROOT / "tests" / "support" / "run_cpu.py"

@@ -51,7 +51,7 @@ def test_decisions_and_outputs_equal_the_reference_rule(result):
 
 @pytest.fixture(scope="module")
 def sp_and_single(tmp_path_factory):
-    from support.launch import free_port
+    from tinyhv.upstream_cpu import free_port
 
     tmp = tmp_path_factory.mktemp("v15_sp")
     env = {"HUNYUANVIDEO_ROOT": ROOT}

@@ -21,7 +21,8 @@ from conftest import ROOT as REPO, checkout_root
 ROOT = str(checkout_root("HUNYUANVIDEO_15_ROOT", "Tencent-Hunyuan/HunyuanVideo-1.5"))  # the checkout
 
 from reference_rule import decision_margin, reference_computed_steps  # noqa: E402
-from support.launch import free_port, run_worker  # noqa: E402
+from support.launch import run_worker  # noqa: E402
+from tinyhv.upstream_cpu import free_port  # noqa: E402
 
 RUNNER = REPO / "tests" / "support" / "run_cpu15.py"
 DROP_IN = REPO / "teacache_sample_video.py"

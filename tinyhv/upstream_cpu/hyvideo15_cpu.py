@@ -1,4 +1,5 @@
-"""Run Tencent-Hunyuan/HunyuanVideo-1.5's transformer on CPU with tiny (or mid-size) random weights. Test-only.
+"""Run Tencent-Hunyuan/HunyuanVideo-1.5's transformer on CPU with tiny (or mid-size) random weights (the tests,
+benchmarks/bench_upstream.py).
 
 Needs ``HUNYUANVIDEO_ROOT`` at a HunyuanVideo-1.5 checkout (its ``hyvideo`` package is not HunyuanVideo's). Its
 transformer has its own "torch" attention, so no attention stand-in is needed; its parallel state builds device
@@ -9,8 +10,8 @@ import os
 
 import torch
 
+from . import free_port
 from . import hyvideo_cpu as hc
-from .launch import free_port
 
 CHANNELS, HIDDEN_TEXT, VISION = 4, 16, 8
 

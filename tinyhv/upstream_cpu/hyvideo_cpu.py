@@ -1,7 +1,7 @@
-"""Test-only helpers that let Tencent's upstream HunyuanVideo code run on a CPU.
+"""Helpers that let Tencent's upstream HunyuanVideo code run on a CPU (the tests, benchmarks/bench_upstream.py).
 
 Nothing here is used by the product. Upstream is never copied: it is imported
-at test time from the checkout named by the ``HUNYUANVIDEO_ROOT`` environment
+at run time from the checkout named by the ``HUNYUANVIDEO_ROOT`` environment
 variable (the directory that contains ``hyvideo/``).
 
 Public API

@@ -1,4 +1,4 @@
-"""Test-only CPU stand-ins that let xfuser's sequence parallelism run on CPU.
+"""CPU stand-ins that let xfuser's sequence parallelism run on CPU (the tests' workers and runners).
 
 Upstream HunyuanVideo's multi-GPU path (``hyvideo.inference.parallelize_transformer``
 plus ``hyvideo.modules.attenion.parallel_attention``) relies on xfuser, yunchang and
@@ -33,8 +33,8 @@ enough, *in memory and only in the calling process*, for that path to run under
    gloo, and ``torch.device`` as those two modules see it maps ``cuda:N`` to the CPU
    (HunyuanVideo-I2V's ``from_pretrained`` also calls ``torch.cuda.set_device``: a no-op there).
 
-Nothing here is used outside the tests.  Upstream code is never copied; it is
-imported and its module globals are patched.
+Nothing here is used by the product or the benchmarks.  Upstream code is never
+copied; it is imported and its module globals are patched.
 """
 
 from __future__ import annotations
