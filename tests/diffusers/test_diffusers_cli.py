@@ -7,7 +7,7 @@ import pytest
 
 import teacache_sample_video as tc
 from reference_rule import reference_computed_steps
-from tinyhv.random_models import make_tiny_pipeline
+from tiny_diffusers import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

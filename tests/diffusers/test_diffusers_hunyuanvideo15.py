@@ -7,7 +7,8 @@ import torch
 
 import teacache_sample_video as tc
 from reference_rule import DIFFUSERS, ReferenceTeaCache, record_first
-from tinyhv.random_models import against_the_reference, make_inputs_15, make_transformer_15, sample, v15_caller
+from tinyhv.random_models import make_inputs_15, make_transformer_15, sample, v15_caller
+from tiny_diffusers import against_the_reference
 
 STEPS = 12
 IMAGE_LATENT = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -160,7 +161,7 @@ def pipelines(tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from tinyhv.random_models import make_tiny_pipeline
+    from tiny_diffusers import make_tiny_pipeline
 
     root = tmp_path_factory.mktemp("pipelines15")
     image = root / "first.png"

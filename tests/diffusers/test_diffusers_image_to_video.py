@@ -12,8 +12,8 @@ from PIL import Image
 
 import teacache_sample_video as tc
 from reference_rule import DIFFUSERS, diffusers_modulated, record_first, reference_computed_steps
-from tinyhv.random_models import (against_the_reference, i2v_caller, make_i2v_transformer, make_inputs,
-                                  make_tiny_pipeline, make_transformer, sample)
+from tinyhv.random_models import i2v_caller, make_i2v_transformer, make_inputs, make_transformer, sample
+from tiny_diffusers import against_the_reference, make_tiny_pipeline
 
 STEPS = 12
 IMAGE_LATENT = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(5))

@@ -5,7 +5,8 @@ import torch
 
 import teacache_sample_video as tc
 from reference_rule import DIFFUSERS, ReferenceTeaCache
-from tinyhv.random_models import against_the_reference, make_inputs, make_transformer, sample
+from tinyhv.random_models import make_inputs, make_transformer, sample
+from tiny_diffusers import against_the_reference
 
 STEPS = 12
 
