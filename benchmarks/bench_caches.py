@@ -88,6 +88,29 @@ class Steps(int):
     """A method setting: run the plain sampler with this many steps instead of the benchmark's."""
 
 
+class Peer:
+    """A method setting that is another project's cache, attached for one generation: ``attach`` puts it on the
+    transformer (returns what ``detach`` needs), ``context`` wraps the generation, ``finish`` reads its stats and
+    ``detach`` removes it. ``counted_block``: which block from the end must run for a step to count as computed
+    (the last one a skipped step skips); ``counted_on``: where that is seen ("query": its attention's query
+    projection; "block": the block's call)."""
+
+    counted_block, counted_on = 1, "query"
+
+    def attach(self, transformer, steps):
+        raise NotImplementedError
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def finish(self, transformer):
+        pass
+
+    @staticmethod
+    def detach(handle):
+        raise NotImplementedError
+
+
 @functools.lru_cache(maxsize=None)
 def _cache_dit():
     """(the cache_dit module, None), or (None, the import error as one line) where it does not import."""
@@ -98,7 +121,7 @@ def _cache_dit():
     return cache_dit, None
 
 
-class CacheDit:
+class CacheDit(Peer):
     """A method setting: a cache-dit cache (``DBCacheConfig``, optionally with a calibrator such as
     ``TaylorSeerCalibratorConfig``, or ``DBPruneConfig``) on the transformer for one generation.
 
@@ -151,9 +174,6 @@ class CacheDit:
         return cache_dit.enable_cache(adapter, cache_config=config,
                                       calibrator_config=copy.deepcopy(self.calibrator_config))
 
-    def context(self):
-        return contextlib.nullcontext()
-
     def finish(self, transformer):
         self.stats = self.read_stats(transformer)
 
@@ -196,7 +216,7 @@ def _para_attn():
     return utils, None
 
 
-class ParaAttention:
+class ParaAttention(Peer):
     """A method setting: ParaAttention's first-block cache (pip ``para-attn``) at ``residual_diff_threshold``.
 
     ParaAttention's own adapter (``para_attn.first_block_cache.diffusers_adapters.apply_cache_on_transformer``) does
@@ -238,9 +258,6 @@ class ParaAttention:
         fbc = _para_attn()[0]
         return fbc.cache_context(fbc.create_cache_context(residual_diff_threshold=self.threshold))
 
-    def finish(self, transformer):
-        pass
-
     @staticmethod
     def detach(transformer):
         del transformer.forward
@@ -259,7 +276,7 @@ PARA_ATTN_ADAPTER_ERRORS = {
 }
 
 
-class TimestepCache:
+class TimestepCache(Peer):
     """A method setting: a diffusers cache that asks for the current timestep (``FasterCacheConfig``,
     ``PyramidAttentionBroadcastConfig``): ``make(callback)`` builds its config, the callback reads the timestep of
     the transformer call under way (a forward pre-hook records it). Both reuse attention outputs only (FasterCache:
@@ -293,9 +310,6 @@ class TimestepCache:
             logging.set_verbosity(level)
         transformer._reset_stateful_cache()  # its per-hook step counters start at 0
         return hooks
-
-    def context(self):
-        return contextlib.nullcontext()
 
     def finish(self, transformer):
         transformer._reset_stateful_cache()
@@ -525,7 +539,7 @@ def generate(subject, config, run):
         start = time.perf_counter()
         out = subject.run(run, steps=int(config))
         return out, time.perf_counter() - start
-    if hasattr(config, "attach"):  # a peer attached for this generation only: cache-dit, ParaAttention, ...
+    if isinstance(config, Peer):  # attached for this generation only: cache-dit, ParaAttention, ...
         handle = config.attach(t, subject.steps)
         try:
             with config.context():
@@ -631,7 +645,7 @@ def main() -> int:
         if name != "none" and name not in named and ("default" not in named or name in STUDIES):
             continue
         psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention, work = ([] for _ in range(9))
-        key = (getattr(config, "counted_block", 1), getattr(config, "counted_on", "query"))
+        key = (config.counted_block, config.counted_on) if isinstance(config, Peer) else (1, "query")
         if key not in counters:
             counters[key] = computed_counter(subject.transformer, *key)
         counter = counters[key]
