@@ -525,7 +525,12 @@ class TeaCache:
 
     def report(self) -> dict:
         """``stats()`` plus the configuration: what the JSON report beside each video holds."""
+        published = self.config.coefficients == PUBLISHED_COEFFICIENTS
+        source = (self.spec.coefficients_source if published and self.spec.coefficients else
+                  "HunyuanVideo 1.0's text-to-video ones: none are published for this model" if published else
+                  "given (a calibration profile, or the caller)")
         return {"method": "TeaCache (arXiv 2411.19108)", "model_spec": self.spec.name, **self.config.as_dict(),
+                "coefficients_source": source,
                 **self.notes, **self.stats(),
                 **({} if self._sections is None else {"sections": self._all_sections()}),
                 "sequence_parallel_reduced": self._reduce_sum is not None}
@@ -915,7 +920,7 @@ class ModelSpec:
     adapter: type
     version: str  # the family's version: "1.0" (the published coefficients' model) or "1.5"
     coefficients: Optional[Tuple[float, ...]] = None  # published for this model, if any
-    coefficients_source: str = "none published: calibrate (--teacache-calibrate), or use 1.0's text-to-video ones"
+    coefficients_source: str = ""  # where the published coefficients come from
     output: Callable[[Any], Any] = _first_tensor  # how to read the model's output
 
     def serves(self, cls: type) -> bool:

@@ -233,6 +233,9 @@ def test_report_contents():
     assert r["rel_l1"][0] is None and all(v > 0 for v in r["rel_l1"][1:])
     assert r["denoise_time_s"] > 0
     assert "computed" in cache.summary() and f"/{STEPS} steps" in cache.summary()
+    assert "2411.19108" in r["coefficients_source"] and r["model_spec"] == "test fake of Tencent HunyuanVideo"
+    mine = tc.enable_teacache(FakeHunyuanTransformer(), 0.15, coefficients=(1.0, 0.0)).report()
+    assert mine["coefficients_source"].startswith("given")
 
 
 def test_unknown_model_is_refused_clearly():
