@@ -810,7 +810,6 @@ class _HunyuanVideoAdapter(_Adapter):
         self.single = set(map(id, transformer.single_blocks))
         self.blocks = list(transformer.double_blocks) + list(transformer.single_blocks)
         self.image_condition = getattr(transformer, "i2v_condition_type", None)  # I2V's transformer only
-        self.version = find_model(transformer).version
 
     def timestep(self, args, kwargs):
         return float(_arg(args, kwargs, 1, ("t", "timestep")).flatten()[0])
@@ -854,7 +853,6 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
     def __init__(self, transformer):
         self.blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
         self.image_condition = getattr(transformer.config, "image_condition_type", None)
-        self.version = find_model(transformer).version
         self.transformer = transformer
 
     def attach(self, cache):
@@ -1191,8 +1189,7 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
             notes.update(target_speedup=args.teacache_speedup, predicted_computed_steps=predicted)
             logger.info(f"TeaCache: target {args.teacache_speedup}x -> rel_l1_thresh {thresh:.4g} "
                         f"({predicted:.1f}/{num_steps} steps computed on the profile's traces)")
-    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "rel_l1_thresh"}
-    cache = enable_teacache(transformer, config.rel_l1_thresh, **options)
+    cache = enable_teacache(transformer, **dataclasses.asdict(config))
     cache.notes.update(notes)
     return cache
 
@@ -1545,18 +1542,17 @@ class Generate15:
         logger.info(f"TeaCache report: {report_path}")
 
     def generate_video(self, args):
-        error = functools.partial(self.parser.exit, 2)
+        error = self.parser.error  # one line, exit code 2
         if args.enable_cache:
-            error("teacache_sample_video.py: error: --enable_cache is generate.py's own step cache (a fixed schedule); "
-                  "it is not combined with TeaCache: drop it (--teacache_schedule START END INTERVAL computes the "
-                  "same steps, or --rel_l1_thresh 0 turns TeaCache off)\n")
+            error("--enable_cache is generate.py's own step cache (a fixed schedule); it is not combined with "
+                  "TeaCache: drop it (--teacache_schedule START END INTERVAL computes the same steps, or "
+                  "--rel_l1_thresh 0 turns TeaCache off)")
         if args.output_path:
             base, ext = Path(args.output_path), Path(args.output_path).suffix
             for taken in (base, base.with_name(f"{base.stem}_teacache.json"),
                           *([base.with_name(f"{base.stem}_before_sr{ext}")] if args.save_pre_sr_video else [])):
                 if taken.exists():
-                    error(f"teacache_sample_video.py: error: {taken} exists; give another --output_path (nothing is "
-                          "overwritten)\n")
+                    error(f"{taken} exists; give another --output_path (nothing is overwritten)")
             if _is_main_rank():
                 _check_output_dir(self.parser, base.parent, "--output_path's folder")
         self.args = args

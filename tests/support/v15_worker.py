@@ -44,7 +44,7 @@ def main(case: str, out_path: str) -> None:
     result = {"case": case, "steps": steps}
 
     adapter = tc._HunyuanVideoAdapter(model)
-    result["adapter"] = {"num_blocks": len(adapter.blocks), "version": adapter.version,
+    result["adapter"] = {"num_blocks": len(adapter.blocks), "version": tc.find_model(model).version,
                          "single_blocks": len(model.single_blocks)}
     block, seen = model.double_blocks[0], {}
     def first(key, value):  # a pre-hook's record of its first call (returns None: the call is unchanged)
