@@ -162,9 +162,14 @@ RULES = tuple(PREDICTORS)
 
 class ModulatedInput:
     """TeaCache's indicator: the relative L1 change of the first block's modulated image input since the
-    branch's previous call (without the first frame's tokens with ``first_frame="exclude"``)."""
+    branch's previous call (without the first frame's tokens with ``first_frame="exclude"``). The published
+    polynomial maps it to the output's change.
+
+    An indicator's ``change`` returns the value the rule accumulates for a call, or None where it cannot say
+    (the call is then computed); ``observe`` sees the block stack's image input and output at each computed call."""
 
     name = "modulated-input"
+    published_scale = True  # the published coefficients rescale it (other indicators: used as they are)
 
     def change(self, cache: "TeaCache", b: "_Branch", block, args, kwargs) -> Optional[float]:
         now = cache.adapter.modulated_input(block, args, kwargs)
@@ -174,8 +179,44 @@ class ModulatedInput:
         cache.generation.activation_bytes = now.numel() * now.element_size()
         return None if previous is None else cache.relative_l1(now, previous)
 
+    def observe(self, cache: "TeaCache", b: "_Branch", block_input: torch.Tensor, block_output: torch.Tensor):
+        pass
 
-INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput,)}
+
+class TransformationRate(ModulatedInput):
+    """EasyCache's signal (arXiv 2507.02860) on the block stack: at each computed call it learns the rate
+    ``k = |Δ output| / |Δ input|`` of the stack's image tokens against the previous computed call; a later call's
+    value is the output's relative change that rate predicts, ``k |input - input_c| / |output_c|`` against the last
+    computed call c. Accumulated over skipped calls it estimates the drift that reusing adds up. It sees the
+    content (the input's change), not only the timestep. Statistics on every ``RATE_TOKEN_STRIDE``-th image token,
+    reduced over the sequence-parallel group; no coefficients needed (a profile may still fit some)."""
+
+    name = "transformation-rate"
+    published_scale = False
+
+    def change(self, cache, b, block, args, kwargs):
+        now = cache.adapter.image_in(args, kwargs)[:, ::RATE_TOKEN_STRIDE]
+        cache.generation.activation_bytes = now.numel() * now.element_size() * RATE_TOKEN_STRIDE
+        if b.rate is None:
+            return None
+        moved, size = cache.sums(lambda a, c, o: (torch.sub(a, c).abs_().sum(dtype=torch.float32),
+                                                  o.abs().sum(dtype=torch.float32)), now, b.rate_input, b.rate_output)
+        return b.rate * moved / size if size else math.inf
+
+    def observe(self, cache, b, block_input, block_output):
+        now_in, now_out = block_input[:, ::RATE_TOKEN_STRIDE], block_output[:, ::RATE_TOKEN_STRIDE]
+        if b.rate_input is not None:
+            d_out, d_in = cache.sums(lambda o, po, i, pi: (torch.sub(o, po).abs_().sum(dtype=torch.float32),
+                                                           torch.sub(i, pi).abs_().sum(dtype=torch.float32)),
+                                     now_out, b.rate_output, now_in, b.rate_input)
+            b.rate = d_out / d_in if d_in else None
+        b.rate_input, b.rate_output = now_in.clone(), now_out.clone()
+
+
+#: The transformation rate's statistics use every this-many-th image token (EasyCache subsamples 8x8 in space)
+RATE_TOKEN_STRIDE = 8
+
+INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput, TransformationRate)}
 #: The decision indicators' names (``indicator=``); the first is the published one.
 INDICATORS = tuple(INDICATORS_BY_NAME)
 #: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
@@ -231,7 +272,9 @@ class TeaCacheConfig:
              "[0, 1] re-fitted at each computed step. See docs/how-it-works.md."))
     indicator: str = field(default=INDICATORS[0], metadata=_flag(
         "--teacache-indicator", choices=INDICATORS,
-        help="What decides: 'modulated-input', the change of the first block's modulated input (published)."))
+        help="What decides: 'modulated-input', the change of the first block's modulated input (published), or "
+             "'transformation-rate', the output change that the input's change predicts at the rate learnt at "
+             "computed steps (EasyCache's signal; needs no coefficients). See docs/how-it-works.md."))
     first_frame: str = field(default="include", metadata=_flag(
         "--teacache-first-frame", choices=FIRST_FRAME,
         help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
@@ -277,6 +320,10 @@ class TeaCacheConfig:
         return PREDICTORS[self.rule]
 
     def rescale(self, rel_l1: float) -> float:
+        """The indicator's value as the rule accumulates it: through the coefficients' polynomial, except for an
+        indicator the published coefficients were not fitted for while those are the ones given."""
+        if self.coefficients == PUBLISHED_COEFFICIENTS and not INDICATORS_BY_NAME[self.indicator].published_scale:
+            return float(rel_l1)
         return float(np.polyval(self.coefficients, rel_l1))
 
     def as_dict(self) -> dict:
@@ -331,10 +378,12 @@ def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: 
     num_steps = len(rel_l1) if num_steps is None else num_steps
     computed, acc, run = [], 0.0, 0
     for call, (step, value) in enumerate(zip(steps, rel_l1)):
-        rescaled = 0.0 if value is None else config.rescale(value)
-        compute, acc = teacache_decision(step, num_steps, acc, rescaled, config.rel_l1_thresh,
-                                         warmup_steps=config.warmup_steps, skipped_in_a_row=run,
-                                         max_consecutive_skips=config.max_consecutive_skips)
+        if value is None:  # the indicator could not say: computed
+            compute, acc = True, 0.0
+        else:
+            compute, acc = teacache_decision(step, num_steps, acc, config.rescale(value), config.rel_l1_thresh,
+                                             warmup_steps=config.warmup_steps, skipped_in_a_row=run,
+                                             max_consecutive_skips=config.max_consecutive_skips)
         run = 0 if compute else run + 1
         if compute:
             computed.append(call)
@@ -392,10 +441,13 @@ class _Branch:
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
     gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
+    rate: Optional[float] = None  # "transformation-rate": the stack's output/input change rate, last learnt
+    rate_input: Optional[torch.Tensor] = None  # its token subsample of the last computed call's input, output
+    rate_output: Optional[torch.Tensor] = None
 
     def held_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual)
-                   if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual,
+                                                          self.rate_input, self.rate_output) if t is not None)
 
 
 @dataclass
@@ -526,7 +578,8 @@ class TeaCache:
     def report(self) -> dict:
         """``stats()`` plus the configuration: what the JSON report beside each video holds."""
         published = self.config.coefficients == PUBLISHED_COEFFICIENTS
-        source = (self.spec.coefficients_source if published and self.spec.coefficients else
+        source = ("none: the indicator's value is used as it is" if published and not self.indicator.published_scale
+                  else self.spec.coefficients_source if published and self.spec.coefficients else
                   "HunyuanVideo 1.0's text-to-video ones: none are published for this model" if published else
                   "given (a calibration profile, or the caller)")
         return {"method": "TeaCache (arXiv 2411.19108)", "model_spec": self.spec.name, **self.config.as_dict(),
@@ -593,11 +646,13 @@ class TeaCache:
             if g.scheduled is None:
                 g.scheduled = frozenset(fixed_schedule(g.num_steps, *cfg.schedule))
             compute = g.step in g.scheduled
+        elif rel_l1 is None:  # the indicator could not say (a branch's first call, no rate learnt yet)
+            compute, b.accumulated = True, 0.0
         else:
-            rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
             compute, b.accumulated = teacache_decision(
-                g.step, g.num_steps, b.accumulated, rescaled, cfg.rel_l1_thresh, warmup_steps=cfg.warmup_steps,
-                skipped_in_a_row=b.skipped_in_a_row, max_consecutive_skips=cfg.max_consecutive_skips)
+                g.step, g.num_steps, b.accumulated, cfg.rescale(rel_l1), cfg.rel_l1_thresh,
+                warmup_steps=cfg.warmup_steps, skipped_in_a_row=b.skipped_in_a_row,
+                max_consecutive_skips=cfg.max_consecutive_skips)
         compute = compute or b.residual is None or not cfg.enabled
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
         b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
@@ -627,7 +682,9 @@ class TeaCache:
         if b.block_input is None:
             return
         start = time.perf_counter()
-        residual = self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1]) - b.block_input
+        image = self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1])
+        self.indicator.observe(self, b, b.block_input, image)
+        residual = image - b.block_input
         b.block_input = None
         self.config.predictor.observe(b, residual, g.timestep, self.sums)
         if self.config.trace:

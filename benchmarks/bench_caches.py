@@ -61,6 +61,9 @@ sys.path.insert(0, str(ROOT))
 import teacache_sample_video as tc  # noqa: E402
 from tinyhv import metrics  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sampler_caches  # noqa: E402
+
 TEACACHE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7]
 SPEEDUPS = [1.5, 2.0, 2.5, 3.0, 4.0]
 INTERVAL_CAPS = [2, 3, 5, 7, 9, 11]  # fixed intervals: compute one step, skip this many (first and last computed)
@@ -78,8 +81,14 @@ SCHEDULE_START_END, SCHEDULE_INTERVALS = (11, 45), [2, 3, 4, 6, 10]
 #: computes 16 of 60), B0 or B1 (the last block of each stack too: then a skipped step skips 2 single-stream blocks
 #: and no dual-stream block, whose 2 are the first and the last)
 CACHE_DIT_THRESHOLDS = [0.02, 0.05, 0.08, 0.15, 0.3, 0.5, 0.8]
+#: ComfyUI's EasyCache and LazyCache: reuse_threshold sweep (the nodes' default: 0.2), their default window
+COMFY_THRESHOLDS = [0.025, 0.05, 0.1, 0.2, 0.3, 0.45, 0.7]
 CACHE_DIT_FNBN = [(1, 0), (1, 1)]
 CACHE_DIT_METHODS = ("cachedit-dbcache", "cachedit-dbcache-taylorseer", "cachedit-dbprune")
+
+#: The trained models' sampling regimes: classifier-free guidance scale (None: the model's own). "real-like":
+#: where the second model reproduces the real HunyuanVideo's published relations (see ``relations``)
+REGIMES = {"shipped": None, "real-like": 12.0}
 
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES)}
 
@@ -321,6 +330,26 @@ class TimestepCache(Peer):
             hook.remove()
 
 
+class SamplerCache(Peer):
+    """A method setting: a cache around the sampler's model calls, as ComfyUI's EasyCache and LazyCache nodes
+    (``benchmarks/sampler_caches.py``), a fresh one per generation; the trained models only (``wrappers`` of
+    ``generate``). ``rule``: the ``EasyCache`` or ``LazyCache`` class, ``kwargs`` its node's inputs."""
+
+    def __init__(self, rule, **kwargs):
+        self.rule, self.kwargs, self.last = rule, kwargs, None
+
+    def attach(self, transformer, steps):
+        return None
+
+    def wrappers(self, shift: float) -> dict:
+        self.last = self.rule(**self.kwargs).start(shift)
+        return {"model" if self.rule is sampler_caches.EasyCache else "guided": self.last}
+
+    @staticmethod
+    def detach(handle):
+        pass
+
+
 # -- subjects: what is generated --------------------------------------------------------------------------------
 
 class Trained:
@@ -328,23 +357,27 @@ class Trained:
     transformer, one shape on a plain background); ``scenes``: TinyHunyuanVideo15 (HunyuanVideo 1.5's transformer,
     two crossing objects on a textured panning background)."""
 
-    def __init__(self, steps, kind="shapes"):
+    def __init__(self, steps, kind="shapes", cfg_scale=None, prompts=8):
         from tinyhv import data, scenes
         from tinyhv.model import TinyHunyuanVideo, TinyHunyuanVideo15
 
         self.kind = kind
         self.model = (TinyHunyuanVideo if kind == "shapes" else TinyHunyuanVideo15).from_pretrained()
         self.transformer, self.steps, self.data_range = self.model.transformer, steps, 1.0
+        self.cfg_scale = cfg_scale  # None: the model's own sampling setting
+        self.shift = self.model.config["sampling"]["shift"]
         train, held_out = (data if kind == "shapes" else scenes).split()
-        # evaluation: 8 held-out combinations spread over all of them; calibration (TeaCache profile, MagCache
-        # ratios): 4 training combinations, other seeds
+        # evaluation: held-out combinations spread over all of them (strides coprime with their counts, so no
+        # repeats); calibration (TeaCache profile, MagCache ratios, searched schedules): 4 training combinations,
+        # other seeds
         stride = 5 if kind == "shapes" else 37
-        self.eval_runs = [(held_out[stride * i % len(held_out)].prompt, 1000 + i) for i in range(8)]
+        self.eval_runs = [(held_out[stride * i % len(held_out)].prompt, 1000 + i) for i in range(prompts)]
         self.calib_runs = [(a.prompt, 2000 + i) for i, a in enumerate(train[::41][:4])]
 
-    def run(self, prompt_seed, cache=None, steps=None):
+    def run(self, prompt_seed, cache=None, steps=None, wrappers=None):
         prompt, seed = prompt_seed
-        return self.model.generate(prompt, seed=seed, num_steps=steps or self.steps, cache=cache)
+        return self.model.generate(prompt, seed=seed, num_steps=steps or self.steps, cache=cache,
+                                   cfg_scale=self.cfg_scale, wrappers=wrappers)
 
     def same_content(self, out, ref) -> bool:
         """The automatic judge of the model's quality bar reads the same content in both clips (shapes: colour,
@@ -502,6 +535,10 @@ def methods(subject, profile, mag_ratios, quick):
             spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=(100, 800),
             spatial_attention_block_identifiers=("^transformer_blocks\\.", "^single_transformer_blocks\\."),
             current_timestep_callback=now))
+    if isinstance(subject, Trained):  # ComfyUI's caches, around the sampler's calls (its default threshold: 0.2)
+        for rule in (sampler_caches.EasyCache, sampler_caches.LazyCache):
+            for thresh in pick(COMFY_THRESHOLDS):
+                yield rule.name, thresh, SamplerCache(rule, reuse_threshold=thresh)
     if _para_attn()[0] is not None:
         for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8]):
             yield "para-attn-fbcache", thresh, ParaAttention(thresh)
@@ -544,7 +581,8 @@ def generate(subject, config, run):
         try:
             with config.context():
                 start = time.perf_counter()
-                out = subject.run(run)
+                out = subject.run(run, **({"wrappers": config.wrappers(subject.shift)}
+                                          if isinstance(config, SamplerCache) else {}))
                 seconds = time.perf_counter() - start
             config.finish(t)
             return out, seconds
@@ -576,6 +614,14 @@ def main() -> int:
     parser.add_argument("--model", choices=["trained", "scenes", "random"], default="trained",
                         help="trained: the first shipped model (HunyuanVideo's transformer); scenes: the second "
                              "(HunyuanVideo 1.5's); random: a mid-size random-weight HunyuanVideo transformer")
+    parser.add_argument("--regime", choices=list(REGIMES), default="shipped",
+                        help="the trained models' sampling: 'shipped' (their own setting), or 'real-like' "
+                             f"(classifier-free guidance {REGIMES['real-like']}: the relations of the real model, "
+                             "see docs/fidelity.md)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="held-out prompts to evaluate on (trained models; default 8, 16 in the real-like regime)")
+    parser.add_argument("--relations", action="store_true",
+                        help="with --replot: print the regime's relations beside the real model's published ones")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per run (min is kept)")
     parser.add_argument("--quick", action="store_true",
@@ -599,7 +645,7 @@ def main() -> int:
         missing = [path for path in args.replot if not Path(path).is_file()]
         if missing:
             return _fail(f"no such CSV: {missing[0]}")
-        if not args.markdown and not _have_matplotlib():
+        if not (args.markdown or args.relations) and not _have_matplotlib():
             return _fail("--replot needs matplotlib: pip install -r requirements-bench.txt")
         rows = []
         for path in args.replot:
@@ -608,15 +654,20 @@ def main() -> int:
         if not rows:
             return _fail(f"no rows{' of ' + ', '.join(args.methods) if args.methods else ''} in "
                          f"{', '.join(args.replot)}")
-        if args.markdown:
-            print(markdown(rows))
+        if args.markdown or args.relations:
+            print(markdown(rows) if args.markdown else "\n".join(relations(rows)))
             return 0
         model = Path(args.replot[0]).stem.removeprefix("caches_").split("_")[0]
         plot(rows, Path(args.out or Path(args.replot[0]).with_suffix(".png")),
              f"{model} model, {rows[0]['steps']} steps")
         return 0
     # checked before the long run (20+ minutes), not after it
-    csv_path = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}.csv")
+    if args.model == "random" and (args.regime != "shipped" or args.prompts):
+        return _fail("--regime and --prompts apply to the trained models only")
+    if args.prompts is not None and args.prompts < 2:
+        return _fail(f"--prompts must be at least 2, got {args.prompts}")
+    suffix = "" if args.regime == "shipped" else "_" + args.regime.replace("-", "")
+    csv_path = Path(args.out or ROOT / "benchmarks" / "results" / f"caches_{args.model}{suffix}.csv")
     written = [csv_path] if args.no_plot else [csv_path, csv_path.with_suffix(".png")]
     existing = [path for path in written if path.exists()]
     if existing and not args.overwrite:
@@ -633,7 +684,8 @@ def main() -> int:
               "pip install -r requirements-bench.txt", flush=True)
     torch.manual_seed(0)
     subject = Random(args.steps) if args.model == "random" else Trained(
-        args.steps, "shapes" if args.model == "trained" else "scenes")
+        args.steps, "shapes" if args.model == "trained" else "scenes", cfg_scale=REGIMES[args.regime],
+        prompts=args.prompts or (8 if args.regime == "shipped" else 16))
     counters = {(1, "query"): computed_counter(subject.transformer)}
     blocks_run, n_blocks = block_counter(subject.transformer)
     profile, mag_ratios = calibrate(subject)
@@ -681,11 +733,14 @@ def main() -> int:
                          block_steps=float(np.mean(work)), wall_s=float(np.mean(walls)), speedup=speedup,
                          psnr=float(np.mean(psnrs)) if psnrs else math.inf,
                          ssim=float(np.mean(ssims)) if ssims else 1.0,
+                         psnr_ci=_ci95(psnrs), psnr_worst=min(psnrs, default=math.inf),
+                         ssim_worst=min(ssims, default=1.0), psnr_prompts=";".join(f"{v:.3f}" for v in psnrs),
                          **({"same_content": float(np.mean(same)) if same else 1.0} if judge else {})))
         r = rows[-1]
         print(f"{name:>32} {str(setting):>12} computed {r['computed']:5.1f}/{args.steps}  blocks run "
               f"{r['block_steps']:5.1f}/{args.steps}  {r['wall_s']:7.3f} s  "
-              f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}"
+              f"{r['speedup']:5.2f}x  PSNR {r['psnr']:6.2f} ± {r['psnr_ci']:.2f} (worst {r['psnr_worst']:6.2f})  "
+              f"SSIM {r['ssim']:.4f}"
               + (f"  same content {r['same_content']:.0%}" if "same_content" in r else ""), flush=True)
         if attention:
             print(" " * 46 + f"attention outputs reused: {np.mean([c['attention'] - c['computed'] for c in attention]):.1f}"
@@ -693,6 +748,8 @@ def main() -> int:
         if cd_stats:  # cache-dit's own stats, per block stack, mean over runs
             print(" " * 46 + "cache-dit: " + _cache_dit_stats(cd_stats, args.steps), flush=True)
 
+    for line in relations(rows):
+        print(line)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -723,19 +780,77 @@ def markdown(rows) -> str:
     SSIM and, where measured, same content."""
     judged = all(r.get("same_content") not in (None, "") for r in rows)
     work = _have_block_steps(rows)
+    spread = all(r.get("psnr_worst") not in (None, "") for r in rows)  # CSVs written before these columns lack them
     steps = rows[0]["steps"]
     head = ["method", "setting", f"computed /{steps}", *([f"blocks run /{steps}"] if work else []), "ideal speedup",
-            "wall s", "measured speedup", "PSNR dB", "SSIM"] + (["same content"] if judged else [])
+            "wall s", "measured speedup", "PSNR dB", *(["± 95%", "worst prompt"] if spread else []), "SSIM",
+            *(["worst SSIM"] if spread else [])] + (["same content"] if judged else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["setting"], f"{float(r['computed']):.1f}",
                  *([f"{float(r['block_steps']):.1f}"] if work else []), f"{_ideal(r, work):.2f}x",
                  f"{float(r['wall_s']):.3f}", f"{float(r['speedup']):.2f}x", f"{float(r['psnr']):.2f}",
-                 f"{float(r['ssim']):.4f}"]
+                 *([_cell(r, "psnr_ci"), _cell(r, "psnr_worst")] if spread else []), f"{float(r['ssim']):.4f}",
+                 *([_cell(r, "ssim_worst", "{:.4f}")] if spread else [])]
         if judged:
             cells.append(f"{float(r['same_content']):.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: Student's t quantile (two-sided 95%) by degrees of freedom, for the confidence intervals of the means
+_T95 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 24: 2.064, 30: 2.042, 40: 2.021, 60: 2.000}
+
+
+def _ci95(values) -> float:
+    """Half-width of the 95% confidence interval of the mean of ``values`` (Student's t); nan where undefined (fewer
+    than two values, or an infinite one: a prompt on which nothing was skipped)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2 or not np.all(np.isfinite(v)):
+        return math.nan
+    t95 = _T95[max(k for k in _T95 if k <= len(v) - 1)]
+    return float(t95 * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+#: The real HunyuanVideo's published relations (544p, 50 steps; docs/fidelity.md gives the sources), and the
+#: tolerance a harness regime must meet to count as real-like
+REAL_RELATIONS = (
+    ("plain sampler, 25 of 50 steps", "17.6 dB", "at most 22 dB"),
+    ("published rule at 0.1 (1.5-1.67x)", "23.9 dB", "21 to 27 dB"),
+    ("EasyCache against the published rule, equal computed steps", "ahead (32.7 dB at 2.21x)", "ahead"),
+)
+
+
+def relations(rows) -> list:
+    """The regime's relations beside the real model's published ones (lines of text): the plain sampler at half
+    the steps, the published rule at 0.1, and EasyCache against the published rule at its computed steps (EasyCache's
+    PSNR interpolated linearly in computed steps between its settings); "not measured" where rows are missing."""
+    def row(method, setting):
+        return next((r for r in rows if r["method"] == method and str(r["setting"]) == setting), None)
+
+    steps = int(float(rows[0]["steps"]))
+    half, rule = row("steps", str(steps // 2)), row("teacache", "0.1")
+    easy = sorted(((float(r["computed"]), float(r["psnr"])) for r in rows if r["method"] == "easycache"))
+    seen = [f"{float(half['psnr']):.2f} dB (worst prompt {_cell(half, 'psnr_worst')})" if half else "not measured",
+            f"{float(rule['psnr']):.2f} dB (worst prompt {_cell(rule, 'psnr_worst')}) at {float(rule['computed']):.1f} "
+            f"computed" if rule else "not measured", "not measured"]
+    if rule and len(easy) >= 2 and easy[0][0] <= float(rule["computed"]) <= easy[-1][0]:
+        at = float(np.interp(float(rule["computed"]), *zip(*easy)))
+        seen[2] = (f"{'ahead' if at > float(rule['psnr']) else 'behind'}: {at:.2f} dB at "
+                   f"{float(rule['computed']):.1f} computed")
+    checks = [half and float(half["psnr"]) <= 22, rule and 21 <= float(rule["psnr"]) <= 27, seen[2].startswith("ahead")]
+    lines = [f"relations ({steps} steps): this regime | real HunyuanVideo (published) | wanted"]
+    for (what, real, wanted), here, ok in zip(REAL_RELATIONS, seen, checks):
+        lines.append(f"  {what}: {here} | {real} | {wanted}: {'holds' if ok else 'does not hold'}")
+    return lines
+
+
+def _cell(r, key, fmt="{:.2f}") -> str:
+    """A row's optional column, formatted; "-" where the CSV lacks it or it is undefined."""
+    value = r.get(key)
+    return "-" if value in (None, "") or not math.isfinite(float(value)) else fmt.format(float(value))
 
 
 def _have_block_steps(rows) -> bool:

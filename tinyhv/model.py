@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -199,7 +200,7 @@ class TinyHunyuanVideo(nn.Module):
     def generate(self, prompt: Union[str, Sequence[str]], seed: int = 0, num_steps: Optional[int] = None,
                  guidance: Optional[float] = None, shift: Optional[float] = None, cache=None,
                  cfg_scale: Optional[float] = None, return_latents: bool = False,
-                 sampler: str = "euler") -> torch.Tensor:
+                 sampler: str = "euler", wrappers: Optional[Dict[str, Callable]] = None) -> torch.Tensor:
         """Sample a clip: ``(T, H, W, 3)`` float in [0, 1] (``(B, T, H, W, 3)`` for a list of prompts; prompt i
         uses seed ``seed + i``). Euler flow matching on HunyuanVideo's shifted schedule, one transformer call
         per step. ``cache``: the handle of ``enable_teacache(self.transformer, ...)``; it is
@@ -211,7 +212,11 @@ class TinyHunyuanVideo(nn.Module):
         call per step), ``"heun"`` (a corrector call at the next noise level, as ComfyUI's and diffusers' Heun) or
         ``"dpm2"`` (a second call at the log-midpoint noise level, as ComfyUI's ``dpm_2``); both take a plain Euler
         last step. The cache is told the schedule (``reset(num_steps, timesteps=...)``), so it places every call
-        in its step."""
+        in its step. ``wrappers``: what a sampler-level cache wraps, as ComfyUI's model wrappers do: ``"model"``
+        around every transformer call (``wrap(call, x, sigma, chunks)``: ``x`` batched as ``chunks`` names its
+        parts, ``["cond", "uncond"]`` with CFG; returns the batched velocity, ComfyUI's ``DIFFUSION_MODEL``), and
+        ``"guided"`` around the guided prediction (``wrap(call, x, sigma)``, returns the guided velocity, ComfyUI's
+        ``PREDICT_NOISE``)."""
         s = self.config["sampling"]
         num_steps = s["num_steps"] if num_steps is None else int(num_steps)
         guidance = s["guidance"] if guidance is None else float(guidance)
@@ -229,11 +234,22 @@ class TinyHunyuanVideo(nn.Module):
         if cache is not None:
             cache.reset(num_steps, timesteps=[1000.0 * s for s in sigmas])
 
-        def flow(x, sigma):
+        wrappers = wrappers or {}
+        chunks = ["cond", "uncond"] if use_cfg else ["cond"]
+
+        def model(x, sigma):
+            return self.velocity(x, sigma, cond, guidance)
+
+        if "model" in wrappers:
+            model = functools.partial(wrappers["model"], model, chunks=chunks)
+
+        def guided(x, sigma):
             if not use_cfg:
-                return self.velocity(x, sigma, cond, guidance)
-            v_cond, v_uncond = self.velocity(torch.cat([x, x]), sigma, cond, guidance).chunk(2)
+                return model(x, sigma)
+            v_cond, v_uncond = model(torch.cat([x, x]), sigma).chunk(2)
             return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+        flow = functools.partial(wrappers["guided"], guided) if "guided" in wrappers else guided
 
         for i in range(num_steps):
             now, then = sigmas[i], sigmas[i + 1]
