@@ -28,7 +28,10 @@ class GroupCoordinatorLike:
 
 
 OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_skips=1),
-           "extrapolate+trace": dict(rule="extrapolate", trace=True), "fitted": dict(rule="fitted", curved=True)}
+           "extrapolate+trace": dict(rule="extrapolate", trace=True), "fitted": dict(rule="fitted", curved=True),
+           # the transformation rate's statistics take every 8th token of each shard: 16-token shards take the same
+           # tokens as one process does
+           "rate": dict(indicator="transformation-rate", tokens=32)}
 
 
 def run(options, rank=None, process_group=None):
@@ -38,13 +41,13 @@ def run(options, rank=None, process_group=None):
     inside (0, 1) and differ between shards (only the reduced sums give every rank the same gains). Returns the
     report and the final latents (Euler) or the mean output over the steps (curved)."""
     options = dict(options)
-    curved = options.pop("curved", False)
+    curved, tokens = options.pop("curved", False), options.pop("tokens", 24)
     model = FakeHunyuanTransformer()
-    x, txt = make_inputs(img_tokens=24)
+    x, txt = make_inputs(img_tokens=tokens)
     shard = (lambda a: a) if rank is None else (lambda a: a.chunk(WORLD, dim=1)[rank])
     cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=process_group, **options)
     if curved:
-        v, w = (shard(make_inputs(img_tokens=24, seed=s)[0]) for s in (1, 2))
+        v, w = (shard(make_inputs(img_tokens=tokens, seed=s)[0]) for s in (1, 2))
         out = torch.stack([model(shard(x) + u * v + u * u * w, t.expand(x.shape[0]), text_states=txt)["x"]
                            for t, u in ((t, t / 1000) for t in timesteps(STEPS))]).mean(0)
     else:
@@ -80,7 +83,7 @@ def _run(mode, tmp_path, options=None):
 
 @pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
                                           ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace"),
-                                          ("reduced", "fitted")])
+                                          ("reduced", "fitted"), ("reduced", "rate")])
 def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
     (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
     ref, ref_out = run(OPTIONS[options])

@@ -119,8 +119,9 @@ def test_skipped_step_adds_exactly_the_cached_residual(n_double, n_single):
     assert cache.stats()["skipped_steps"]
 
 
-def test_threshold_zero_is_bit_identical_to_unpatched():
-    _, cache, final, outs = run(0.0)
+@pytest.mark.parametrize("indicator", tc.INDICATORS)
+def test_threshold_zero_is_bit_identical_to_unpatched(indicator):
+    _, cache, final, outs = run(0.0, indicator=indicator)
     plain = FakeHunyuanTransformer()
     x, txt = make_inputs()
     plain_outs = []
