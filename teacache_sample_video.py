@@ -341,6 +341,168 @@ def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: 
     return computed
 
 
+# -- the limit: the best fixed set of computed steps for a budget ----------- #
+
+def _check_budget(n: int, budget: int, first_last: bool) -> None:
+    least = min(n, 2) if first_last else 1
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not least <= budget <= n:
+        raise ValueError(f"budget must be an int in [{least}, {n}] for {n} steps, got {budget!r}")
+
+
+def _search_all(span_cost, budgets: Sequence[int], first_last: bool = True) -> Dict[int, Tuple[List[int], float]]:
+    """``search_schedule`` for several budgets at once (one dynamic programme serves them all): ``{budget:
+    (steps, cost)}``."""
+    cost = np.array(span_cost, dtype=np.float64)
+    n = cost.shape[0]
+    if cost.ndim not in (2, 3) or any(s != n for s in cost.shape) or n < 1:
+        raise ValueError(f"span_cost must be an N x N (or N x N x N) table, got shape {cost.shape}")
+    for budget in budgets:
+        _check_budget(n, budget, first_last)
+    top = max(budgets)
+    idx = np.arange(n)
+    inf = np.inf
+    if cost.ndim == 2:  # state: the last computed step; best[j] = least cost of m computed steps ending at j
+        c = np.where(idx[:, None] < idx[None, :], cost, inf)
+        best = np.full(n, inf)
+        best[0 if first_last else slice(None)] = 0.0
+        layers, back = [best], [None]
+        for _ in range(1, top):
+            total = best[:, None] + c  # [i, j]: reach i with m steps, then compute j next
+            arg = total.argmin(axis=0)
+            best = total[arg, idx]
+            layers.append(best)
+            back.append(arg)
+        found = {}
+        for budget in budgets:
+            best = layers[budget - 1]
+            end = n - 1 if first_last else int(best.argmin())
+            steps = [end]
+            for m in range(budget - 1, 0, -1):
+                steps.append(int(back[m][steps[-1]]))
+            found[budget] = (steps[::-1], float(best[end]))
+        return found
+    # state: (previous computed step h, last computed step i), h == i for the first computed step (no previous)
+    valid = ((idx[:, None, None] < idx[None, :, None]) | (idx[:, None, None] == idx[None, :, None])) \
+        & (idx[None, :, None] < idx[None, None, :])
+    c = np.where(valid, cost, inf)
+    best = np.full((n, n), inf)
+    if first_last:
+        best[0, 0] = 0.0
+    else:
+        best[idx, idx] = 0.0
+    layers, back = [best], [None]
+    for _ in range(1, top):
+        new, arg = np.full((n, n), inf), np.zeros((n, n), dtype=np.int64)
+        for i in range(n):  # new[i, j] = min_h best[h, i] + c[h, i, j]
+            total = best[:, i, None] + c[:, i, :]
+            arg[i] = total.argmin(axis=0)
+            new[i] = total[arg[i], idx]
+        best = new
+        layers.append(best)
+        back.append(arg)
+    found = {}
+    for budget in budgets:
+        best = layers[budget - 1]
+        flat = best[:, n - 1] if first_last else best.reshape(-1)
+        at = int(flat.argmin())
+        h, i = (at, n - 1) if first_last else divmod(at, n)
+        value, steps = float(best[h, i]), [i]
+        for m in range(budget - 1, 0, -1):
+            h, i = int(back[m][h, i]), h
+            steps.append(i)
+        found[budget] = (steps[::-1], value)
+    return found
+
+
+def search_schedule(span_cost, budget: int, *, first_last: bool = True) -> List[int]:
+    """The set of exactly ``budget`` computed steps that minimises the summed error of the skipped spans.
+
+    ``span_cost[i][j]`` (i < j): the error of computing step i and next computing step j (skipping i+1 .. j-1; 0 for
+    j = i + 1): N x N, for a rule whose prediction depends on the last computed step only (``reuse``). Or N x N x N,
+    ``span_cost[h][i][j]``: the same when h is the computed step before i (``extrapolate``, ``fitted``), with
+    ``span_cost[i][i][j]`` for i the first computed step (no step before it). Entries outside ``i < j`` (and ``h < i``
+    or ``h == i``) are not read. ``first_last``: step 0 and step N-1 are in the set (a cache computes the first step,
+    having nothing to reuse before it, and HunyuanVideo's rule the last); without it the set may start and end
+    anywhere and only the spans between its steps are charged.
+
+    Exact dynamic programming over the computed steps: O(N^2 K) for an N x N table, O(N^3 K) for N x N x N (50 steps
+    and every budget: well under a second). ``span_costs`` makes the table from one uncached run."""
+    return _search_all(span_cost, [budget], first_last)[budget][0]
+
+
+def _schedule_cost(span_cost, steps: Sequence[int]) -> float:
+    """The summed span cost of one set of computed steps (the quantity ``search_schedule`` minimises)."""
+    cost = np.asarray(span_cost, dtype=np.float64)
+    if cost.ndim == 2:
+        return float(sum(cost[i, j] for i, j in zip(steps, steps[1:])))
+    return float(sum(cost[h, i, j] for h, i, j in zip([steps[0], *steps], steps, steps[1:])))
+
+
+def span_costs(residuals, timesteps: Optional[Sequence[float]] = None, rule: str = "reuse") -> np.ndarray:
+    """The error table of ``search_schedule`` for residual predictor ``rule``, from one uncached run.
+
+    ``residuals``: the block stack's residual at every step (N tensors of one shape, or a subsample of each taken
+    the same way: ``trace=True`` keeps one); ``timesteps``: each step's (None: equally spaced). A skipped step k
+    costs ``mean|r_k - p_k| / scale * w_k``: ``p_k`` what ``rule`` adds there, ``scale`` the mean of ``|r|`` over
+    the run's steps, ``w_k = |t_k - t_{k+1}| / |t_0 - t_{N-1}|`` the step's share of the timestep range (an error in
+    the model's output enters the latent times the step's length). A span costs the sum over its skipped steps:
+    errors are taken to add up, neither compounding nor cancelling.
+
+    - ``reuse``: ``p_k = r_i``; an N x N table.
+    - ``extrapolate``: ``p_k = r_i + (r_i - r_h) (t_k - t_i) / (t_i - t_h)`` from the last two computed steps h < i
+      (``r_i`` where i is the first computed step); an N x N x N table ``[h][i][j]``, exact.
+    - ``fitted``: that extrapolation times the gain the engine fits at i from h and the computed step before h,
+      clamped to [0, 1]. The table cannot know that third step: it is taken at ``max(0, 2h - i)`` (equal spacing;
+      gain 1 when h is 0, as the engine has no fit then): an approximation.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    r = torch.stack([torch.as_tensor(x).reshape(-1) for x in residuals]).to(torch.float64)
+    n = r.shape[0]
+    t = torch.arange(n, 0, -1, dtype=torch.float64) if timesteps is None else \
+        torch.as_tensor([float(v) for v in timesteps], dtype=torch.float64)
+    if t.shape != (n,):
+        raise ValueError(f"need one timestep per residual ({n}), got {t.shape[0]}")
+    scale = float(r.abs().mean()) or 1.0
+    span = float((t[0] - t[-1]).abs()) if n > 1 else 0.0
+    w = torch.zeros(n, dtype=torch.float64)
+    if n > 1:
+        w[:-1] = (t[:-1] - t[1:]).abs() / span if span else 1.0 / (n - 1)
+    w /= scale
+
+    def spans(err: torch.Tensor, i: int) -> torch.Tensor:
+        """Row i of a table from ``err[k]`` (k > i): the cost of i -> j is the sum over i < k < j."""
+        row = torch.zeros(n, dtype=torch.float64)
+        if n - i > 2:
+            row[i + 2:] = torch.cumsum(err[:n - i - 2], 0)
+        return row
+
+    reuse = np.zeros((n, n))
+    for i in range(n - 1):
+        reuse[i] = spans((r[i + 1:] - r[i]).abs().mean(1) * w[i + 1:], i).numpy()
+    if rule == "reuse":
+        return reuse
+    table = np.zeros((n, n, n))
+    table[np.arange(n), np.arange(n)] = reuse  # the first computed step: no step before it, reuse
+    for i in range(1, n - 1):
+        for h in range(i):
+            gain = 1.0
+            f = max(0, 2 * h - i)
+            if rule == "fitted" and f < h:  # the engine's least-squares gain at i, from (f, h, i)
+                slope, now = r[h] - r[f], r[i] - r[h]
+                step = float((t[i] - t[h]) / (t[h] - t[f])) if t[h] != t[f] else 0.0
+                norm = float(slope.square().sum())
+                fit = float((now * slope).sum()) / (norm * step) if norm > 0 and step else math.nan
+                gain = min(max(fit, 0.0), 1.0) if math.isfinite(fit) else 1.0
+            if t[i] == t[h]:
+                predicted = r[i].expand(n - i - 1, -1)
+            else:
+                ahead = gain * (t[i + 1:] - t[i]) / (t[i] - t[h])
+                predicted = r[i] + ahead[:, None] * (r[i] - r[h])
+            table[h, i] = spans((r[i + 1:] - predicted).abs().mean(1) * w[i + 1:], i).numpy()
+    return table
+
+
 def threshold_for_speedup(traces: Sequence[Any], speedup: float, config: TeaCacheConfig) -> tuple:
     """Pick the threshold whose replay on recorded traces computes closest to ``calls / speedup`` calls.
 
