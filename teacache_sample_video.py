@@ -69,6 +69,10 @@ __all__ = [
     "teacache_decision",
     "replay",
     "threshold_for_speedup",
+    "search_schedule",
+    "span_costs",
+    "searched_schedules",
+    "profile_schedule",
     "fit_coefficients",
     "model_identity",
     "make_profile",
@@ -243,6 +247,11 @@ class TeaCacheConfig:
         help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in cache computes "
              "([0, START), every INTERVAL-th step of [START, END), [END, steps); its defaults are 11 45 4). The "
              "threshold is not used; the rule still says what a skipped step adds."))
+    computed_steps: Optional[Tuple[int, ...]] = field(default=None, metadata=_flag(
+        "--teacache-steps", type=_number(int, 0, "an integer >= 0"), nargs="+", metavar="STEP",
+        help="Compute exactly these steps (0-based, increasing, the first and the last included) instead of "
+             "deciding: a searched schedule (search_schedule; a profile's with --teacache-budget). The threshold "
+             "is not used; the rule still says what a skipped step adds. See docs/calibration.md."))
     trace: bool = False  # also record the residual change per call (calibration; one more residual held)
 
     def __post_init__(self):
@@ -266,11 +275,19 @@ class TeaCacheConfig:
                     or self.schedule[2] < 1:
                 raise ValueError(f"schedule must be (start, end, interval) ints >= 0, interval >= 1, "
                                  f"got {self.schedule!r}")
+        if self.computed_steps is not None:
+            steps = tuple(self.computed_steps)
+            if self.schedule is not None:
+                raise ValueError("give schedule or computed_steps, not both")
+            if not steps or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in steps) \
+                    or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(f"computed_steps must be increasing ints starting at step 0, got {steps!r}")
+            object.__setattr__(self, "computed_steps", tuple(int(v) for v in steps))
 
     @property
     def enabled(self) -> bool:
         """Threshold 0 turns caching off (every block runs, outputs are untouched), unless a schedule is fixed."""
-        return self.rel_l1_thresh > 0 or self.schedule is not None
+        return self.rel_l1_thresh > 0 or self.schedule is not None or self.computed_steps is not None
 
     @property
     def predictor(self) -> Reuse:
@@ -534,6 +551,36 @@ def fit_coefficients(rel_l1: Sequence[float], residual_rel_l1: Sequence[float], 
 
 # -- per-transformer state (reset at the start of every generation) --------- #
 
+#: ``trace=True`` keeps a subsample of each computed residual, for ``span_costs``: at most this many elements
+#: (64 KiB in fp32), every s-th element of the flattened residual, s the least stride that fits and shares no factor
+#: with the channel count, so that the kept elements spread over the tokens and the channels (all of a small one).
+TRACE_SAMPLE_ELEMENTS = 1 << 14
+
+
+def _residual_sample(residual: torch.Tensor) -> torch.Tensor:
+    flat = residual.detach().reshape(-1)
+    stride = max(1, -(-flat.numel() // TRACE_SAMPLE_ELEMENTS))
+    while stride > 1 and math.gcd(stride, residual.shape[-1]) != 1:
+        stride += 1
+    return flat[::stride][:TRACE_SAMPLE_ELEMENTS].float().cpu()
+
+
+class ResidualSamples(str):
+    """A traced branch's residual subsamples (``stats()["residual_samples"]`` with ``trace=True``): ``steps``,
+    ``timesteps`` and ``tensors``, one per computed call. It is a ``str`` (a one-line description) so that the
+    reports that hold it stay JSON; the tensors live in this process only, for ``make_profile``."""
+
+    def __new__(cls, samples: Sequence[tuple] = ()):
+        samples = list(samples)
+        size = samples[0][2].numel() if samples else 0
+        self = super().__new__(cls, f"{len(samples)} residual subsamples of {size} elements (in memory only)")
+        self.steps, self.timesteps, self.tensors = ([x[k] for x in samples] for k in range(3))
+        return self
+
+    def __reduce__(self):
+        return ResidualSamples, (list(zip(self.steps, self.timesteps, self.tensors)),)
+
+
 @dataclass
 class _Branch:
     """What one guidance branch remembers between calls (upstream batches CFG: one branch; diffusers' true CFG
@@ -554,6 +601,7 @@ class _Branch:
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
     gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
+    samples: List[tuple] = field(default_factory=list)  # trace: (step, timestep, residual subsample) per computed call
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual)
@@ -660,6 +708,10 @@ class TeaCache:
         describes the section in progress and ``report()["sections"]`` lists them all."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        steps = self.config.computed_steps
+        if steps is not None and steps[-1] != num_steps - 1:
+            raise ValueError(f"computed_steps {list(steps)} must end at the last step, {num_steps - 1}, of a "
+                             f"{num_steps}-step generation")
         self.generation = _Generation(num_steps=num_steps, schedule=_schedule(num_steps, timesteps))
         self._sections = [] if sections else None
         return self
@@ -751,9 +803,9 @@ class TeaCache:
         rel_l1 = self.indicator.change(self, b, block, args, kwargs) if cfg.enabled or cfg.trace else None
         b.rel_l1.append(rel_l1)
         b.steps.append(g.step)
-        if cfg.schedule is not None:  # fixed: the indicator is only recorded
+        if cfg.schedule is not None or cfg.computed_steps is not None:  # fixed: the indicator is only recorded
             if g.scheduled is None:
-                g.scheduled = frozenset(fixed_schedule(g.num_steps, *cfg.schedule))
+                g.scheduled = frozenset(cfg.computed_steps or fixed_schedule(g.num_steps, *cfg.schedule))
             compute = g.step in g.scheduled
         else:
             rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
@@ -795,6 +847,7 @@ class TeaCache:
         if self.config.trace:
             b.residual_rel_l1.extend([None] * (len(b.rel_l1) - 1 - len(b.residual_rel_l1)))
             b.residual_rel_l1.append(None if b.residual is None else self.relative_l1(residual, b.residual))
+            b.samples.append((g.step, g.timestep, _residual_sample(residual)))
         keep = self.config.predictor.keeps_older or self.config.trace
         b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep else (None, None)
         b.residual, b.residual_at = residual, g.timestep
@@ -854,7 +907,8 @@ def _stats(cache: TeaCache) -> dict:
     g, cfg = cache.generation, cache.config
     branches = [{"steps": list(b.steps), "computed_steps": list(b.computed_steps),
                  "skipped_steps": list(b.skipped_steps), "rel_l1": list(b.rel_l1),
-                 **({"residual_rel_l1": list(b.residual_rel_l1)} if cfg.trace else {}),
+                 **({"residual_rel_l1": list(b.residual_rel_l1), "residual_samples": ResidualSamples(b.samples)}
+                    if cfg.trace else {}),
                  **({"gains": list(b.gains)} if cfg.rule == "fitted" else {})} for b in g.branches.values()]
     branches = branches or [{"steps": [], "computed_steps": [], "skipped_steps": [], "rel_l1": []}]
     calls = sum(len(b["steps"]) for b in branches)
@@ -884,8 +938,9 @@ def _summary(cache: TeaCache) -> str:
     unit = "calls" if per_step else "steps"
     calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
         if s["num_branches"] > 1 else ""
-    decided = f"rel_l1_thresh={cfg.rel_l1_thresh:g}" if cfg.schedule is None \
-        else f"fixed schedule {'/'.join(map(str, cfg.schedule))}"
+    decided = f"fixed schedule {'/'.join(map(str, cfg.schedule))}" if cfg.schedule is not None \
+        else f"{len(cfg.computed_steps)} given steps" if cfg.computed_steps is not None \
+        else f"rel_l1_thresh={cfg.rel_l1_thresh:g}"
     head = f"TeaCache({decided}, rule={cfg.rule}): "
     sections = cache._all_sections()
     if sections is not None:
@@ -1180,7 +1235,8 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
     if config.first_frame == "exclude" and condition != "token_replace":
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
                          f"given image); {type(transformer).__name__} has image condition {condition}")
-    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.enabled:
+    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.computed_steps is None \
+            and config.enabled:
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
                        "using HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
@@ -1224,11 +1280,14 @@ def model_identity(transformer: torch.nn.Module) -> dict:
 
 
 def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4,
-                 first_frame: str = "include") -> dict:
+                 first_frame: str = "include", budgets: Optional[Sequence[int]] = None) -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
     Pairs each call's indicator with the relative L1 change of the block stack's residual at that call.
     ``first_frame``: the indicator's definition the traces were taken with (``TeaCacheConfig.first_frame``).
+    Where the traces hold their residual subsamples (in the process that ran them), the profile also holds the
+    searched schedules for ``budgets`` computed steps (default: every budget from 2 to the step count), per rule
+    (``searched_schedules``; ``profile_schedule`` picks one).
     """
     runs = [b for t in traces for b in t.get("branches", [t])]
     pairs = [(x, y) for r in runs for x, y in zip(r["rel_l1"], r["residual_rel_l1"]) if x is not None and y is not None]
@@ -1240,11 +1299,59 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
         raise ValueError(f"traces have different step counts {sorted(num_steps)}")
     num_steps = num_steps.pop()
     return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps,
+            **searched_schedules(runs, num_steps, budgets),
             "setting": setting, "first_frame": first_frame, "coefficients": list(coefficients), "degree": degree,
             "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"],
                         **({"steps": r["steps"], "num_steps": num_steps}
                            if r.get("steps") not in (None, list(range(len(r["rel_l1"])))) else {})}
                        for r in runs]}
+
+
+def searched_schedules(runs: Sequence[dict], num_steps: int, budgets: Optional[Sequence[int]] = None,
+                       rules: Sequence[str] = RULES) -> dict:
+    """The profile's searched schedules: ``{"schedules": {rule: {str(budget): steps}}, "schedule_search": {...}}``
+    (empty where no run holds its residual subsamples). Each rule's ``span_costs`` table is averaged over the runs
+    (a guidance branch or a FramePack section is a run; with several calls per step, a step's first call stands for
+    it), then ``search_schedule`` runs once for all ``budgets``. ``schedule_search`` says how, on how many runs, and
+    the cost each schedule reaches (the averaged table's)."""
+    usable = []
+    for r in runs:
+        samples = r.get("residual_samples")
+        if not isinstance(samples, ResidualSamples):  # not traced, or read back from JSON
+            continue
+        first = {}
+        for step, t, x in zip(samples.steps, samples.timesteps, samples.tensors):
+            first.setdefault(step, (t, x))
+        if sorted(first) == list(range(num_steps)):
+            usable.append([first[k] for k in range(num_steps)])
+    if not usable:
+        return {}
+    budgets = sorted(set(range(min(2, num_steps), num_steps + 1) if budgets is None else budgets))
+    schedules, costs = {}, {}
+    for rule in rules:
+        table = np.mean([span_costs([x for _, x in run], [t for t, _ in run], rule) for run in usable], axis=0)
+        found = _search_all(table, budgets)
+        schedules[rule] = {str(k): steps for k, (steps, _) in found.items()}
+        costs[rule] = {str(k): cost for k, (_, cost) in found.items()}
+    return {"schedules": schedules, "schedule_search": {
+        "method": "dynamic programming over the skipped spans' error (span_costs, averaged over the runs); "
+                  "first and last step always computed", "runs": len(usable),
+        "sample_elements": int(usable[0][0][1].numel()), "costs": costs}}
+
+
+def profile_schedule(profile: dict, budget: int, rule: str = "reuse") -> Tuple[int, ...]:
+    """The steps a profile's searched schedule computes for ``budget`` computed steps under ``rule``
+    (``computed_steps=``)."""
+    schedules = profile.get("schedules")
+    if not schedules:
+        raise ValueError("this profile holds no searched schedules (made before they existed, or from traces read "
+                         "back from JSON): calibrate again with --teacache-calibrate")
+    if rule not in schedules:
+        raise ValueError(f"this profile holds no searched schedule for rule {rule!r} (it has {sorted(schedules)})")
+    if str(budget) not in schedules[rule]:
+        raise ValueError(f"this profile holds no searched schedule of {budget} computed steps (it has "
+                         f"{sorted(map(int, schedules[rule]))})")
+    return tuple(schedules[rule][str(budget)])
 
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
@@ -1298,6 +1405,10 @@ def add_teacache_args(parser: argparse.ArgumentParser, spelling: str = "-") -> a
     add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
                  help="Pick the threshold that reaches about S-times fewer computed steps, by replaying the "
                       "rule on the profile's traces (needs --teacache-profile; overrides --rel-l1-thresh).")
+    add_argument("--teacache-budget", type=_number(int, 1, "an integer >= 1"), default=None, metavar="K",
+                 help="Compute the K steps of the profile's searched schedule for --teacache-rule (the set of K "
+                      "steps with the least error on its calibration runs; needs --teacache-profile; instead of a "
+                      "threshold). See docs/calibration.md.")
     add_argument("--teacache-calibrate", metavar="JSON", default=None,
                  help="Run uncached, record the indicator and the residual change per step, fit the rescale "
                       "polynomial and write a profile here (videos are saved as usual).")
@@ -1314,8 +1425,23 @@ def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespa
                      "-schedule")
     if args.teacache_schedule and args.teacache_speedup is not None:
         parser.error("--teacache-schedule fixes the computed steps; it cannot be combined with --teacache-speedup")
+    if args.teacache_budget is not None and not args.teacache_profile:
+        parser.error("--teacache-budget needs --teacache-profile (whose searched schedules it picks from)")
+    fixed = [name for name, given in (("--teacache-schedule", args.teacache_schedule),
+                                      ("--teacache-steps", args.teacache_steps),
+                                      ("--teacache-budget", args.teacache_budget is not None)) if given]
+    if len(fixed) > 1:
+        parser.error(f"{' and '.join(fixed)} each fix the computed steps; give one")
+    if fixed and (args.teacache_calibrate or args.teacache_speedup is not None):
+        parser.error(f"{fixed[0]} fixes the computed steps; it cannot be combined with --teacache-calibrate or "
+                     "--teacache-speedup")
     if args.teacache_schedule and args.teacache_schedule[2] < 1:
         parser.error("--teacache-schedule: INTERVAL must be >= 1")
+    if args.teacache_steps:
+        try:
+            TeaCacheConfig(computed_steps=args.teacache_steps)
+        except ValueError as e:
+            parser.error(f"--teacache-steps: {e}")
     for path in filter(None, (args.teacache_profile, args.teacache_prompts)):
         if not Path(path).is_file():
             parser.error(f"no such file: {path}")
@@ -1351,6 +1477,18 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
             notes.update(target_speedup=args.teacache_speedup, predicted_computed_steps=predicted)
             logger.info(f"TeaCache: target {args.teacache_speedup}x -> rel_l1_thresh {thresh:.4g} "
                         f"({predicted:.1f}/{num_steps} steps computed on the profile's traces)")
+        if args.teacache_budget is not None:
+            try:
+                steps = profile_schedule(profile, args.teacache_budget, config.rule)
+            except ValueError as e:
+                raise SystemExit(f"error: {args.teacache_profile}: {e}") from None
+            config = dataclasses.replace(config, computed_steps=steps)
+            notes.update(budget=args.teacache_budget)
+            logger.info(f"TeaCache: the profile's searched schedule of {len(steps)} steps for rule {config.rule}: "
+                        f"{list(steps)}")
+    if config.computed_steps is not None and config.computed_steps[-1] != num_steps - 1:
+        raise SystemExit(f"error: --teacache-steps must end at the last step, {num_steps - 1}, of this "
+                         f"{num_steps}-step run; got {list(config.computed_steps)}")
     cache = enable_teacache(transformer, **dataclasses.asdict(config))
     cache.notes.update(notes)
     return cache
@@ -1624,7 +1762,7 @@ class Generate15:
         ours = self.ours
         self.stage_args = {"base": ours, "sr": argparse.Namespace(**{
             **vars(ours), "rel_l1_thresh": ours.teacache_sr_rel_l1_thresh, "teacache_profile": ours.teacache_sr_profile,
-            "teacache_speedup": None, "teacache_schedule": None,
+            "teacache_speedup": None, "teacache_schedule": None, "teacache_steps": None, "teacache_budget": None,
             "teacache_calibrate": ours.teacache_calibrate and _sr_profile_path(ours.teacache_calibrate)})}
 
     def check(self) -> None:
