@@ -247,7 +247,7 @@ class TeaCacheConfig:
         help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in cache computes "
              "([0, START), every INTERVAL-th step of [START, END), [END, steps); its defaults are 11 45 4). The "
              "threshold is not used; the rule still says what a skipped step adds."))
-    computed_steps: Optional[Tuple[int, ...]] = field(default=None, metadata=_flag(
+    fixed_steps: Optional[Tuple[int, ...]] = field(default=None, metadata=_flag(
         "--teacache-steps", type=_number(int, 0, "an integer >= 0"), nargs="+", metavar="STEP",
         help="Compute exactly these steps (0-based, increasing, the first and the last included) instead of "
              "deciding: a searched schedule (search_schedule; a profile's with --teacache-budget). The threshold "
@@ -275,19 +275,19 @@ class TeaCacheConfig:
                     or self.schedule[2] < 1:
                 raise ValueError(f"schedule must be (start, end, interval) ints >= 0, interval >= 1, "
                                  f"got {self.schedule!r}")
-        if self.computed_steps is not None:
-            steps = tuple(self.computed_steps)
+        if self.fixed_steps is not None:
+            steps = tuple(self.fixed_steps)
             if self.schedule is not None:
-                raise ValueError("give schedule or computed_steps, not both")
+                raise ValueError("give schedule or fixed_steps, not both")
             if not steps or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in steps) \
                     or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
-                raise ValueError(f"computed_steps must be increasing ints starting at step 0, got {steps!r}")
-            object.__setattr__(self, "computed_steps", tuple(int(v) for v in steps))
+                raise ValueError(f"fixed_steps must be increasing ints starting at step 0, got {steps!r}")
+            object.__setattr__(self, "fixed_steps", tuple(int(v) for v in steps))
 
     @property
     def enabled(self) -> bool:
         """Threshold 0 turns caching off (every block runs, outputs are untouched), unless a schedule is fixed."""
-        return self.rel_l1_thresh > 0 or self.schedule is not None or self.computed_steps is not None
+        return self.rel_l1_thresh > 0 or self.schedule is not None or self.fixed_steps is not None
 
     @property
     def predictor(self) -> Reuse:
@@ -708,9 +708,9 @@ class TeaCache:
         describes the section in progress and ``report()["sections"]`` lists them all."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        steps = self.config.computed_steps
+        steps = self.config.fixed_steps
         if steps is not None and steps[-1] != num_steps - 1:
-            raise ValueError(f"computed_steps {list(steps)} must end at the last step, {num_steps - 1}, of a "
+            raise ValueError(f"fixed_steps {list(steps)} must end at the last step, {num_steps - 1}, of a "
                              f"{num_steps}-step generation")
         self.generation = _Generation(num_steps=num_steps, schedule=_schedule(num_steps, timesteps))
         self._sections = [] if sections else None
@@ -803,9 +803,9 @@ class TeaCache:
         rel_l1 = self.indicator.change(self, b, block, args, kwargs) if cfg.enabled or cfg.trace else None
         b.rel_l1.append(rel_l1)
         b.steps.append(g.step)
-        if cfg.schedule is not None or cfg.computed_steps is not None:  # fixed: the indicator is only recorded
+        if cfg.schedule is not None or cfg.fixed_steps is not None:  # fixed: the indicator is only recorded
             if g.scheduled is None:
-                g.scheduled = frozenset(cfg.computed_steps or fixed_schedule(g.num_steps, *cfg.schedule))
+                g.scheduled = frozenset(cfg.fixed_steps or fixed_schedule(g.num_steps, *cfg.schedule))
             compute = g.step in g.scheduled
         else:
             rescaled = 0.0 if rel_l1 is None else cfg.rescale(rel_l1)
@@ -939,7 +939,7 @@ def _summary(cache: TeaCache) -> str:
     calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
         if s["num_branches"] > 1 else ""
     decided = f"fixed schedule {'/'.join(map(str, cfg.schedule))}" if cfg.schedule is not None \
-        else f"{len(cfg.computed_steps)} given steps" if cfg.computed_steps is not None \
+        else f"{len(cfg.fixed_steps)} given steps" if cfg.fixed_steps is not None \
         else f"rel_l1_thresh={cfg.rel_l1_thresh:g}"
     head = f"TeaCache({decided}, rule={cfg.rule}): "
     sections = cache._all_sections()
@@ -1235,7 +1235,7 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
     if config.first_frame == "exclude" and condition != "token_replace":
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
                          f"given image); {type(transformer).__name__} has image condition {condition}")
-    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.computed_steps is None \
+    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.fixed_steps is None \
             and config.enabled:
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
@@ -1341,7 +1341,7 @@ def searched_schedules(runs: Sequence[dict], num_steps: int, budgets: Optional[S
 
 def profile_schedule(profile: dict, budget: int, rule: str = "reuse") -> Tuple[int, ...]:
     """The steps a profile's searched schedule computes for ``budget`` computed steps under ``rule``
-    (``computed_steps=``)."""
+    (``fixed_steps=``)."""
     schedules = profile.get("schedules")
     if not schedules:
         raise ValueError("this profile holds no searched schedules (made before they existed, or from traces read "
@@ -1439,7 +1439,7 @@ def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error("--teacache-schedule: INTERVAL must be >= 1")
     if args.teacache_steps:
         try:
-            TeaCacheConfig(computed_steps=args.teacache_steps)
+            TeaCacheConfig(fixed_steps=args.teacache_steps)
         except ValueError as e:
             parser.error(f"--teacache-steps: {e}")
     for path in filter(None, (args.teacache_profile, args.teacache_prompts)):
@@ -1482,13 +1482,13 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
                 steps = profile_schedule(profile, args.teacache_budget, config.rule)
             except ValueError as e:
                 raise SystemExit(f"error: {args.teacache_profile}: {e}") from None
-            config = dataclasses.replace(config, computed_steps=steps)
+            config = dataclasses.replace(config, fixed_steps=steps)
             notes.update(budget=args.teacache_budget)
             logger.info(f"TeaCache: the profile's searched schedule of {len(steps)} steps for rule {config.rule}: "
                         f"{list(steps)}")
-    if config.computed_steps is not None and config.computed_steps[-1] != num_steps - 1:
+    if config.fixed_steps is not None and config.fixed_steps[-1] != num_steps - 1:
         raise SystemExit(f"error: --teacache-steps must end at the last step, {num_steps - 1}, of this "
-                         f"{num_steps}-step run; got {list(config.computed_steps)}")
+                         f"{num_steps}-step run; got {list(config.fixed_steps)}")
     cache = enable_teacache(transformer, **dataclasses.asdict(config))
     cache.notes.update(notes)
     return cache

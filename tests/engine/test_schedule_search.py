@@ -1,5 +1,5 @@
 """The limit: the schedule search (the best set of K computed steps for an error table), the cost tables it searches,
-running a given set of steps (``computed_steps``), and the searched schedules a profile holds."""
+running a given set of steps (``fixed_steps``), and the searched schedules a profile holds."""
 
 import itertools
 import json
@@ -131,7 +131,7 @@ def test_fitted_costs_back_off_to_reuse_when_the_residual_turns_back():
     assert fitted[1, 2, 4] == pytest.approx(reuse[2, 4]) and extrapolate[1, 2, 4] != pytest.approx(reuse[2, 4])
 
 
-# -- computed_steps ------------------------------------------------------------------------------------------------
+# -- fixed_steps ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def model():
@@ -161,9 +161,9 @@ def count_block_calls(model, **options):
 
 
 @pytest.mark.parametrize("rule", tc.RULES)
-def test_computed_steps_computes_exactly_those_steps(model, rule):
+def test_fixed_steps_computes_exactly_those_steps(model, rule):
     steps = (0, 1, 4, 5, 9, 11)
-    calls, stats = count_block_calls(model, computed_steps=steps, rule=rule)  # a block's feed-forward ran
+    calls, stats = count_block_calls(model, fixed_steps=steps, rule=rule)  # a block's feed-forward ran
     assert stats["computed_steps"] == list(steps)
     assert stats["skipped_steps"] == [k for k in range(STEPS) if k not in steps]
     assert calls == len(steps) * len(model.transformer_blocks)  # the skipped steps ran no block
@@ -173,33 +173,33 @@ def test_computed_steps_computes_exactly_those_steps(model, rule):
 def test_listing_every_step_is_bit_identical_to_uncached(model):
     with torch.no_grad():
         plain = sample(model, make_inputs(), STEPS)
-    out, stats, summary = run(model, computed_steps=range(STEPS), rule="extrapolate")
+    out, stats, summary = run(model, fixed_steps=range(STEPS), rule="extrapolate")
     assert torch.equal(out, plain) and stats["skipped_steps"] == []
     assert f"{STEPS} given steps" in summary
-    out, stats, _ = run(model, computed_steps=(0, 3, 6, 11))
+    out, stats, _ = run(model, fixed_steps=(0, 3, 6, 11))
     assert not torch.equal(out, plain) and stats["computed_steps"] == [0, 3, 6, 11]
 
 
 @pytest.mark.parametrize("steps", [(), (1, 4, 11), (0, 4, 4, 11), (0, 5, 3, 11), (0, -1, 11), (0, 2.0, 11),
                                    (0, True, 11)])
-def test_bad_computed_steps_are_refused(steps):
-    with pytest.raises(ValueError, match="computed_steps"):
-        tc.TeaCacheConfig(computed_steps=steps)
+def test_bad_fixed_steps_are_refused(steps):
+    with pytest.raises(ValueError, match="fixed_steps"):
+        tc.TeaCacheConfig(fixed_steps=steps)
 
 
-def test_computed_steps_must_end_at_the_last_step_of_the_generation(model):
+def test_fixed_steps_must_end_at_the_last_step_of_the_generation(model):
     for steps in ((0, 4, 10), (0, 4, 12)):
         with pytest.raises(ValueError, match="must end at the last step, 11"):
-            tc.enable_teacache(model, 0.0, computed_steps=steps, num_steps=STEPS)
+            tc.enable_teacache(model, 0.0, fixed_steps=steps, num_steps=STEPS)
         model._teacache.disable()
     with pytest.raises(ValueError, match="not both"):
-        tc.TeaCacheConfig(computed_steps=(0, 11), schedule=(2, 10, 3))
+        tc.TeaCacheConfig(fixed_steps=(0, 11), schedule=(2, 10, 3))
 
 
 def test_the_steps_flag(model):
     parser = tc.add_teacache_args(tc._ArgumentParser())
     args = parser.parse_args(["--teacache-steps", "0", "3", "7", "11"])
-    assert tc.TeaCacheConfig.from_args(args).computed_steps == (0, 3, 7, 11)
+    assert tc.TeaCacheConfig.from_args(args).fixed_steps == (0, 3, 7, 11)
     for flags, message in [(["--teacache-steps", "0", "7", "3"], "increasing"),
                            (["--teacache-steps", "0", "7", "--teacache-schedule", "2", "10", "3"], "give one"),
                            (["--teacache-budget", "5"], "needs --teacache-profile")]:
@@ -260,7 +260,7 @@ def test_a_profile_with_schedules_round_trips_and_runs(profile, model, tmp_path)
     assert loaded == json.loads(json.dumps(p))
     steps = tc.profile_schedule(loaded, 6, "fitted")
     assert steps == tuple(p["schedules"]["fitted"]["6"]) and len(steps) == 6
-    _, stats, _ = run(model, computed_steps=steps, rule="fitted")
+    _, stats, _ = run(model, fixed_steps=steps, rule="fitted")
     assert stats["computed_steps"] == list(steps)
     with pytest.raises(ValueError, match="no searched schedule of 1 computed steps"):
         tc.profile_schedule(loaded, 1)
@@ -292,6 +292,6 @@ def test_the_searched_schedule_beats_evenly_spaced_steps_on_the_calibration_prom
     for rule in tc.RULES:
         for budget in (6, 8):
             even = sorted(set(np.linspace(0, STEPS - 1, budget).round().astype(int).tolist()))
-            searched, _, _ = run(model, computed_steps=tc.profile_schedule(p, budget, rule), rule=rule)
-            spaced, _, _ = run(model, computed_steps=even, rule=rule)
+            searched, _, _ = run(model, fixed_steps=tc.profile_schedule(p, budget, rule), rule=rule)
+            spaced, _, _ = run(model, fixed_steps=even, rule=rule)
             assert (searched - plain).abs().mean() < (spaced - plain).abs().mean()
