@@ -600,8 +600,8 @@ class _Branch:
     skipped_steps: List[int] = field(default_factory=list)  # the step of each skipped call
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
-    gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
     samples: List[tuple] = field(default_factory=list)  # trace: (step, timestep, residual subsample) per computed call
+    gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual)
