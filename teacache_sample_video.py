@@ -69,6 +69,10 @@ __all__ = [
     "teacache_decision",
     "replay",
     "threshold_for_speedup",
+    "search_schedule",
+    "span_costs",
+    "searched_schedules",
+    "profile_schedule",
     "fit_coefficients",
     "model_identity",
     "make_profile",
@@ -286,6 +290,11 @@ class TeaCacheConfig:
         help="Compute a fixed list of steps instead of deciding: those HunyuanVideo-1.5's built-in cache computes "
              "([0, START), every INTERVAL-th step of [START, END), [END, steps); its defaults are 11 45 4). The "
              "threshold is not used; the rule still says what a skipped step adds."))
+    fixed_steps: Optional[Tuple[int, ...]] = field(default=None, metadata=_flag(
+        "--teacache-steps", type=_number(int, 0, "an integer >= 0"), nargs="+", metavar="STEP",
+        help="Compute exactly these steps (0-based, increasing, the first and the last included) instead of "
+             "deciding: a searched schedule (search_schedule; a profile's with --teacache-budget). The threshold "
+             "is not used; the rule still says what a skipped step adds. See docs/calibration.md."))
     trace: bool = False  # also record the residual change per call (calibration; one more residual held)
 
     def __post_init__(self):
@@ -309,11 +318,19 @@ class TeaCacheConfig:
                     or self.schedule[2] < 1:
                 raise ValueError(f"schedule must be (start, end, interval) ints >= 0, interval >= 1, "
                                  f"got {self.schedule!r}")
+        if self.fixed_steps is not None:
+            steps = tuple(self.fixed_steps)
+            if self.schedule is not None:
+                raise ValueError("give schedule or fixed_steps, not both")
+            if not steps or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in steps) \
+                    or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(f"fixed_steps must be increasing ints starting at step 0, got {steps!r}")
+            object.__setattr__(self, "fixed_steps", tuple(int(v) for v in steps))
 
     @property
     def enabled(self) -> bool:
         """Threshold 0 turns caching off (every block runs, outputs are untouched), unless a schedule is fixed."""
-        return self.rel_l1_thresh > 0 or self.schedule is not None
+        return self.rel_l1_thresh > 0 or self.schedule is not None or self.fixed_steps is not None
 
     @property
     def predictor(self) -> Reuse:
@@ -390,6 +407,168 @@ def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: 
     return computed
 
 
+# -- the limit: the best fixed set of computed steps for a budget ----------- #
+
+def _check_budget(n: int, budget: int, first_last: bool) -> None:
+    least = min(n, 2) if first_last else 1
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not least <= budget <= n:
+        raise ValueError(f"budget must be an int in [{least}, {n}] for {n} steps, got {budget!r}")
+
+
+def _search_all(span_cost, budgets: Sequence[int], first_last: bool = True) -> Dict[int, Tuple[List[int], float]]:
+    """``search_schedule`` for several budgets at once (one dynamic programme serves them all): ``{budget:
+    (steps, cost)}``."""
+    cost = np.array(span_cost, dtype=np.float64)
+    n = cost.shape[0]
+    if cost.ndim not in (2, 3) or any(s != n for s in cost.shape) or n < 1:
+        raise ValueError(f"span_cost must be an N x N (or N x N x N) table, got shape {cost.shape}")
+    for budget in budgets:
+        _check_budget(n, budget, first_last)
+    top = max(budgets)
+    idx = np.arange(n)
+    inf = np.inf
+    if cost.ndim == 2:  # state: the last computed step; best[j] = least cost of m computed steps ending at j
+        c = np.where(idx[:, None] < idx[None, :], cost, inf)
+        best = np.full(n, inf)
+        best[0 if first_last else slice(None)] = 0.0
+        layers, back = [best], [None]
+        for _ in range(1, top):
+            total = best[:, None] + c  # [i, j]: reach i with m steps, then compute j next
+            arg = total.argmin(axis=0)
+            best = total[arg, idx]
+            layers.append(best)
+            back.append(arg)
+        found = {}
+        for budget in budgets:
+            best = layers[budget - 1]
+            end = n - 1 if first_last else int(best.argmin())
+            steps = [end]
+            for m in range(budget - 1, 0, -1):
+                steps.append(int(back[m][steps[-1]]))
+            found[budget] = (steps[::-1], float(best[end]))
+        return found
+    # state: (previous computed step h, last computed step i), h == i for the first computed step (no previous)
+    valid = ((idx[:, None, None] < idx[None, :, None]) | (idx[:, None, None] == idx[None, :, None])) \
+        & (idx[None, :, None] < idx[None, None, :])
+    c = np.where(valid, cost, inf)
+    best = np.full((n, n), inf)
+    if first_last:
+        best[0, 0] = 0.0
+    else:
+        best[idx, idx] = 0.0
+    layers, back = [best], [None]
+    for _ in range(1, top):
+        new, arg = np.full((n, n), inf), np.zeros((n, n), dtype=np.int64)
+        for i in range(n):  # new[i, j] = min_h best[h, i] + c[h, i, j]
+            total = best[:, i, None] + c[:, i, :]
+            arg[i] = total.argmin(axis=0)
+            new[i] = total[arg[i], idx]
+        best = new
+        layers.append(best)
+        back.append(arg)
+    found = {}
+    for budget in budgets:
+        best = layers[budget - 1]
+        flat = best[:, n - 1] if first_last else best.reshape(-1)
+        at = int(flat.argmin())
+        h, i = (at, n - 1) if first_last else divmod(at, n)
+        value, steps = float(best[h, i]), [i]
+        for m in range(budget - 1, 0, -1):
+            h, i = int(back[m][h, i]), h
+            steps.append(i)
+        found[budget] = (steps[::-1], value)
+    return found
+
+
+def search_schedule(span_cost, budget: int, *, first_last: bool = True) -> List[int]:
+    """The set of exactly ``budget`` computed steps that minimises the summed error of the skipped spans.
+
+    ``span_cost[i][j]`` (i < j): the error of computing step i and next computing step j (skipping i+1 .. j-1; 0 for
+    j = i + 1): N x N, for a rule whose prediction depends on the last computed step only (``reuse``). Or N x N x N,
+    ``span_cost[h][i][j]``: the same when h is the computed step before i (``extrapolate``, ``fitted``), with
+    ``span_cost[i][i][j]`` for i the first computed step (no step before it). Entries outside ``i < j`` (and ``h < i``
+    or ``h == i``) are not read. ``first_last``: step 0 and step N-1 are in the set (a cache computes the first step,
+    having nothing to reuse before it, and HunyuanVideo's rule the last); without it the set may start and end
+    anywhere and only the spans between its steps are charged.
+
+    Exact dynamic programming over the computed steps: O(N^2 K) for an N x N table, O(N^3 K) for N x N x N (50 steps
+    and every budget: well under a second). ``span_costs`` makes the table from one uncached run."""
+    return _search_all(span_cost, [budget], first_last)[budget][0]
+
+
+def _schedule_cost(span_cost, steps: Sequence[int]) -> float:
+    """The summed span cost of one set of computed steps (the quantity ``search_schedule`` minimises)."""
+    cost = np.asarray(span_cost, dtype=np.float64)
+    if cost.ndim == 2:
+        return float(sum(cost[i, j] for i, j in zip(steps, steps[1:])))
+    return float(sum(cost[h, i, j] for h, i, j in zip([steps[0], *steps], steps, steps[1:])))
+
+
+def span_costs(residuals, timesteps: Optional[Sequence[float]] = None, rule: str = "reuse") -> np.ndarray:
+    """The error table of ``search_schedule`` for residual predictor ``rule``, from one uncached run.
+
+    ``residuals``: the block stack's residual at every step (N tensors of one shape, or a subsample of each taken
+    the same way: ``trace=True`` keeps one); ``timesteps``: each step's (None: equally spaced). A skipped step k
+    costs ``mean|r_k - p_k| / scale * w_k``: ``p_k`` what ``rule`` adds there, ``scale`` the mean of ``|r|`` over
+    the run's steps, ``w_k = |t_k - t_{k+1}| / |t_0 - t_{N-1}|`` the step's share of the timestep range (an error in
+    the model's output enters the latent times the step's length). A span costs the sum over its skipped steps:
+    errors are taken to add up, neither compounding nor cancelling.
+
+    - ``reuse``: ``p_k = r_i``; an N x N table.
+    - ``extrapolate``: ``p_k = r_i + (r_i - r_h) (t_k - t_i) / (t_i - t_h)`` from the last two computed steps h < i
+      (``r_i`` where i is the first computed step); an N x N x N table ``[h][i][j]``, exact.
+    - ``fitted``: that extrapolation times the gain the engine fits at i from h and the computed step before h,
+      clamped to [0, 1]. The table cannot know that third step: it is taken at ``max(0, 2h - i)`` (equal spacing;
+      gain 1 when h is 0, as the engine has no fit then): an approximation.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    r = torch.stack([torch.as_tensor(x).reshape(-1) for x in residuals]).to(torch.float64)
+    n = r.shape[0]
+    t = torch.arange(n, 0, -1, dtype=torch.float64) if timesteps is None else \
+        torch.as_tensor([float(v) for v in timesteps], dtype=torch.float64)
+    if t.shape != (n,):
+        raise ValueError(f"need one timestep per residual ({n}), got {t.shape[0]}")
+    scale = float(r.abs().mean()) or 1.0
+    span = float((t[0] - t[-1]).abs()) if n > 1 else 0.0
+    w = torch.zeros(n, dtype=torch.float64)
+    if n > 1:
+        w[:-1] = (t[:-1] - t[1:]).abs() / span if span else 1.0 / (n - 1)
+    w /= scale
+
+    def spans(err: torch.Tensor, i: int) -> torch.Tensor:
+        """Row i of a table from ``err[k]`` (k > i): the cost of i -> j is the sum over i < k < j."""
+        row = torch.zeros(n, dtype=torch.float64)
+        if n - i > 2:
+            row[i + 2:] = torch.cumsum(err[:n - i - 2], 0)
+        return row
+
+    reuse = np.zeros((n, n))
+    for i in range(n - 1):
+        reuse[i] = spans((r[i + 1:] - r[i]).abs().mean(1) * w[i + 1:], i).numpy()
+    if rule == "reuse":
+        return reuse
+    table = np.zeros((n, n, n))
+    table[np.arange(n), np.arange(n)] = reuse  # the first computed step: no step before it, reuse
+    for i in range(1, n - 1):
+        for h in range(i):
+            gain = 1.0
+            f = max(0, 2 * h - i)
+            if rule == "fitted" and f < h:  # the engine's least-squares gain at i, from (f, h, i)
+                slope, now = r[h] - r[f], r[i] - r[h]
+                step = float((t[i] - t[h]) / (t[h] - t[f])) if t[h] != t[f] else 0.0
+                norm = float(slope.square().sum())
+                fit = float((now * slope).sum()) / (norm * step) if norm > 0 and step else math.nan
+                gain = min(max(fit, 0.0), 1.0) if math.isfinite(fit) else 1.0
+            if t[i] == t[h]:
+                predicted = r[i].expand(n - i - 1, -1)
+            else:
+                ahead = gain * (t[i + 1:] - t[i]) / (t[i] - t[h])
+                predicted = r[i] + ahead[:, None] * (r[i] - r[h])
+            table[h, i] = spans((r[i + 1:] - predicted).abs().mean(1) * w[i + 1:], i).numpy()
+    return table
+
+
 def threshold_for_speedup(traces: Sequence[Any], speedup: float, config: TeaCacheConfig) -> tuple:
     """Pick the threshold whose replay on recorded traces computes closest to ``calls / speedup`` calls.
 
@@ -421,6 +600,36 @@ def fit_coefficients(rel_l1: Sequence[float], residual_rel_l1: Sequence[float], 
 
 # -- per-transformer state (reset at the start of every generation) --------- #
 
+#: ``trace=True`` keeps a subsample of each computed residual, for ``span_costs``: at most this many elements
+#: (64 KiB in fp32), every s-th element of the flattened residual, s the least stride that fits and shares no factor
+#: with the channel count, so that the kept elements spread over the tokens and the channels (all of a small one).
+TRACE_SAMPLE_ELEMENTS = 1 << 14
+
+
+def _residual_sample(residual: torch.Tensor) -> torch.Tensor:
+    flat = residual.detach().reshape(-1)
+    stride = max(1, -(-flat.numel() // TRACE_SAMPLE_ELEMENTS))
+    while stride > 1 and math.gcd(stride, residual.shape[-1]) != 1:
+        stride += 1
+    return flat[::stride][:TRACE_SAMPLE_ELEMENTS].float().cpu()
+
+
+class ResidualSamples(str):
+    """A traced branch's residual subsamples (``stats()["residual_samples"]`` with ``trace=True``): ``steps``,
+    ``timesteps`` and ``tensors``, one per computed call. It is a ``str`` (a one-line description) so that the
+    reports that hold it stay JSON; the tensors live in this process only, for ``make_profile``."""
+
+    def __new__(cls, samples: Sequence[tuple] = ()):
+        samples = list(samples)
+        size = samples[0][2].numel() if samples else 0
+        self = super().__new__(cls, f"{len(samples)} residual subsamples of {size} elements (in memory only)")
+        self.steps, self.timesteps, self.tensors = ([x[k] for x in samples] for k in range(3))
+        return self
+
+    def __reduce__(self):
+        return ResidualSamples, (list(zip(self.steps, self.timesteps, self.tensors)),)
+
+
 @dataclass
 class _Branch:
     """What one guidance branch remembers between calls (upstream batches CFG: one branch; diffusers' true CFG
@@ -440,6 +649,7 @@ class _Branch:
     skipped_steps: List[int] = field(default_factory=list)  # the step of each skipped call
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
+    samples: List[tuple] = field(default_factory=list)  # trace: (step, timestep, residual subsample) per computed call
     gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
     rate: Optional[float] = None  # "transformation-rate": the stack's output/input change rate, last learnt
     rate_input: Optional[torch.Tensor] = None  # its token subsample of the last computed call's input, output
@@ -550,6 +760,10 @@ class TeaCache:
         describes the section in progress and ``report()["sections"]`` lists them all."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        steps = self.config.fixed_steps
+        if steps is not None and steps[-1] != num_steps - 1:
+            raise ValueError(f"fixed_steps {list(steps)} must end at the last step, {num_steps - 1}, of a "
+                             f"{num_steps}-step generation")
         self.generation = _Generation(num_steps=num_steps, schedule=_schedule(num_steps, timesteps))
         self._sections = [] if sections else None
         return self
@@ -642,9 +856,9 @@ class TeaCache:
         rel_l1 = self.indicator.change(self, b, block, args, kwargs) if cfg.enabled or cfg.trace else None
         b.rel_l1.append(rel_l1)
         b.steps.append(g.step)
-        if cfg.schedule is not None:  # fixed: the indicator is only recorded
+        if cfg.schedule is not None or cfg.fixed_steps is not None:  # fixed: the indicator is only recorded
             if g.scheduled is None:
-                g.scheduled = frozenset(fixed_schedule(g.num_steps, *cfg.schedule))
+                g.scheduled = frozenset(cfg.fixed_steps or fixed_schedule(g.num_steps, *cfg.schedule))
             compute = g.step in g.scheduled
         elif rel_l1 is None:  # the indicator could not say (a branch's first call, no rate learnt yet)
             compute, b.accumulated = True, 0.0
@@ -690,6 +904,7 @@ class TeaCache:
         if self.config.trace:
             b.residual_rel_l1.extend([None] * (len(b.rel_l1) - 1 - len(b.residual_rel_l1)))
             b.residual_rel_l1.append(None if b.residual is None else self.relative_l1(residual, b.residual))
+            b.samples.append((g.step, g.timestep, _residual_sample(residual)))
         keep = self.config.predictor.keeps_older or self.config.trace
         b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep else (None, None)
         b.residual, b.residual_at = residual, g.timestep
@@ -749,7 +964,8 @@ def _stats(cache: TeaCache) -> dict:
     g, cfg = cache.generation, cache.config
     branches = [{"steps": list(b.steps), "computed_steps": list(b.computed_steps),
                  "skipped_steps": list(b.skipped_steps), "rel_l1": list(b.rel_l1),
-                 **({"residual_rel_l1": list(b.residual_rel_l1)} if cfg.trace else {}),
+                 **({"residual_rel_l1": list(b.residual_rel_l1), "residual_samples": ResidualSamples(b.samples)}
+                    if cfg.trace else {}),
                  **({"gains": list(b.gains)} if cfg.rule == "fitted" else {})} for b in g.branches.values()]
     branches = branches or [{"steps": [], "computed_steps": [], "skipped_steps": [], "rel_l1": []}]
     calls = sum(len(b["steps"]) for b in branches)
@@ -779,8 +995,9 @@ def _summary(cache: TeaCache) -> str:
     unit = "calls" if per_step else "steps"
     calls = f" (of {s['transformer_calls']} transformer calls: {s['computed_calls']} computed)" \
         if s["num_branches"] > 1 else ""
-    decided = f"rel_l1_thresh={cfg.rel_l1_thresh:g}" if cfg.schedule is None \
-        else f"fixed schedule {'/'.join(map(str, cfg.schedule))}"
+    decided = f"fixed schedule {'/'.join(map(str, cfg.schedule))}" if cfg.schedule is not None \
+        else f"{len(cfg.fixed_steps)} given steps" if cfg.fixed_steps is not None \
+        else f"rel_l1_thresh={cfg.rel_l1_thresh:g}"
     head = f"TeaCache({decided}, rule={cfg.rule}): "
     sections = cache._all_sections()
     if sections is not None:
@@ -1075,7 +1292,8 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
     if config.first_frame == "exclude" and condition != "token_replace":
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
                          f"given image); {type(transformer).__name__} has image condition {condition}")
-    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.enabled:
+    if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.fixed_steps is None \
+            and config.enabled:
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
                        "using HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
@@ -1119,11 +1337,14 @@ def model_identity(transformer: torch.nn.Module) -> dict:
 
 
 def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4,
-                 first_frame: str = "include") -> dict:
+                 first_frame: str = "include", budgets: Optional[Sequence[int]] = None) -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
     Pairs each call's indicator with the relative L1 change of the block stack's residual at that call.
     ``first_frame``: the indicator's definition the traces were taken with (``TeaCacheConfig.first_frame``).
+    Where the traces hold their residual subsamples (in the process that ran them), the profile also holds the
+    searched schedules for ``budgets`` computed steps (default: every budget from 2 to the step count), per rule
+    (``searched_schedules``; ``profile_schedule`` picks one).
     """
     runs = [b for t in traces for b in t.get("branches", [t])]
     pairs = [(x, y) for r in runs for x, y in zip(r["rel_l1"], r["residual_rel_l1"]) if x is not None and y is not None]
@@ -1135,11 +1356,59 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
         raise ValueError(f"traces have different step counts {sorted(num_steps)}")
     num_steps = num_steps.pop()
     return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps,
+            **searched_schedules(runs, num_steps, budgets),
             "setting": setting, "first_frame": first_frame, "coefficients": list(coefficients), "degree": degree,
             "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"],
                         **({"steps": r["steps"], "num_steps": num_steps}
                            if r.get("steps") not in (None, list(range(len(r["rel_l1"])))) else {})}
                        for r in runs]}
+
+
+def searched_schedules(runs: Sequence[dict], num_steps: int, budgets: Optional[Sequence[int]] = None,
+                       rules: Sequence[str] = RULES) -> dict:
+    """The profile's searched schedules: ``{"schedules": {rule: {str(budget): steps}}, "schedule_search": {...}}``
+    (empty where no run holds its residual subsamples). Each rule's ``span_costs`` table is averaged over the runs
+    (a guidance branch or a FramePack section is a run; with several calls per step, a step's first call stands for
+    it), then ``search_schedule`` runs once for all ``budgets``. ``schedule_search`` says how, on how many runs, and
+    the cost each schedule reaches (the averaged table's)."""
+    usable = []
+    for r in runs:
+        samples = r.get("residual_samples")
+        if not isinstance(samples, ResidualSamples):  # not traced, or read back from JSON
+            continue
+        first = {}
+        for step, t, x in zip(samples.steps, samples.timesteps, samples.tensors):
+            first.setdefault(step, (t, x))
+        if sorted(first) == list(range(num_steps)):
+            usable.append([first[k] for k in range(num_steps)])
+    if not usable:
+        return {}
+    budgets = sorted(set(range(min(2, num_steps), num_steps + 1) if budgets is None else budgets))
+    schedules, costs = {}, {}
+    for rule in rules:
+        table = np.mean([span_costs([x for _, x in run], [t for t, _ in run], rule) for run in usable], axis=0)
+        found = _search_all(table, budgets)
+        schedules[rule] = {str(k): steps for k, (steps, _) in found.items()}
+        costs[rule] = {str(k): cost for k, (_, cost) in found.items()}
+    return {"schedules": schedules, "schedule_search": {
+        "method": "dynamic programming over the skipped spans' error (span_costs, averaged over the runs); "
+                  "first and last step always computed", "runs": len(usable),
+        "sample_elements": int(usable[0][0][1].numel()), "costs": costs}}
+
+
+def profile_schedule(profile: dict, budget: int, rule: str = "reuse") -> Tuple[int, ...]:
+    """The steps a profile's searched schedule computes for ``budget`` computed steps under ``rule``
+    (``fixed_steps=``)."""
+    schedules = profile.get("schedules")
+    if not schedules:
+        raise ValueError("this profile holds no searched schedules (made before they existed, or from traces read "
+                         "back from JSON): calibrate again with --teacache-calibrate")
+    if rule not in schedules:
+        raise ValueError(f"this profile holds no searched schedule for rule {rule!r} (it has {sorted(schedules)})")
+    if str(budget) not in schedules[rule]:
+        raise ValueError(f"this profile holds no searched schedule of {budget} computed steps (it has "
+                         f"{sorted(map(int, schedules[rule]))})")
+    return tuple(schedules[rule][str(budget)])
 
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
@@ -1193,6 +1462,10 @@ def add_teacache_args(parser: argparse.ArgumentParser, spelling: str = "-") -> a
     add_argument("--teacache-speedup", type=_speedup, default=None, metavar="S",
                  help="Pick the threshold that reaches about S-times fewer computed steps, by replaying the "
                       "rule on the profile's traces (needs --teacache-profile; overrides --rel-l1-thresh).")
+    add_argument("--teacache-budget", type=_number(int, 1, "an integer >= 1"), default=None, metavar="K",
+                 help="Compute the K steps of the profile's searched schedule for --teacache-rule (the set of K "
+                      "steps with the least error on its calibration runs; needs --teacache-profile; instead of a "
+                      "threshold). See docs/calibration.md.")
     add_argument("--teacache-calibrate", metavar="JSON", default=None,
                  help="Run uncached, record the indicator and the residual change per step, fit the rescale "
                       "polynomial and write a profile here (videos are saved as usual).")
@@ -1209,8 +1482,23 @@ def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespa
                      "-schedule")
     if args.teacache_schedule and args.teacache_speedup is not None:
         parser.error("--teacache-schedule fixes the computed steps; it cannot be combined with --teacache-speedup")
+    if args.teacache_budget is not None and not args.teacache_profile:
+        parser.error("--teacache-budget needs --teacache-profile (whose searched schedules it picks from)")
+    fixed = [name for name, given in (("--teacache-schedule", args.teacache_schedule),
+                                      ("--teacache-steps", args.teacache_steps),
+                                      ("--teacache-budget", args.teacache_budget is not None)) if given]
+    if len(fixed) > 1:
+        parser.error(f"{' and '.join(fixed)} each fix the computed steps; give one")
+    if fixed and (args.teacache_calibrate or args.teacache_speedup is not None):
+        parser.error(f"{fixed[0]} fixes the computed steps; it cannot be combined with --teacache-calibrate or "
+                     "--teacache-speedup")
     if args.teacache_schedule and args.teacache_schedule[2] < 1:
         parser.error("--teacache-schedule: INTERVAL must be >= 1")
+    if args.teacache_steps:
+        try:
+            TeaCacheConfig(fixed_steps=args.teacache_steps)
+        except ValueError as e:
+            parser.error(f"--teacache-steps: {e}")
     for path in filter(None, (args.teacache_profile, args.teacache_prompts)):
         if not Path(path).is_file():
             parser.error(f"no such file: {path}")
@@ -1246,6 +1534,18 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
             notes.update(target_speedup=args.teacache_speedup, predicted_computed_steps=predicted)
             logger.info(f"TeaCache: target {args.teacache_speedup}x -> rel_l1_thresh {thresh:.4g} "
                         f"({predicted:.1f}/{num_steps} steps computed on the profile's traces)")
+        if args.teacache_budget is not None:
+            try:
+                steps = profile_schedule(profile, args.teacache_budget, config.rule)
+            except ValueError as e:
+                raise SystemExit(f"error: {args.teacache_profile}: {e}") from None
+            config = dataclasses.replace(config, fixed_steps=steps)
+            notes.update(budget=args.teacache_budget)
+            logger.info(f"TeaCache: the profile's searched schedule of {len(steps)} steps for rule {config.rule}: "
+                        f"{list(steps)}")
+    if config.fixed_steps is not None and config.fixed_steps[-1] != num_steps - 1:
+        raise SystemExit(f"error: --teacache-steps must end at the last step, {num_steps - 1}, of this "
+                         f"{num_steps}-step run; got {list(config.fixed_steps)}")
     cache = enable_teacache(transformer, **dataclasses.asdict(config))
     cache.notes.update(notes)
     return cache
@@ -1519,7 +1819,7 @@ class Generate15:
         ours = self.ours
         self.stage_args = {"base": ours, "sr": argparse.Namespace(**{
             **vars(ours), "rel_l1_thresh": ours.teacache_sr_rel_l1_thresh, "teacache_profile": ours.teacache_sr_profile,
-            "teacache_speedup": None, "teacache_schedule": None,
+            "teacache_speedup": None, "teacache_schedule": None, "teacache_steps": None, "teacache_budget": None,
             "teacache_calibrate": ours.teacache_calibrate and _sr_profile_path(ours.teacache_calibrate)})}
 
     def check(self) -> None:

@@ -84,6 +84,21 @@ def test_calibrate_then_target_a_speedup(pipeline_dir, tmp_path):
     assert report["max_consecutive_skips"] == 2 and report["ideal_speedup"] > 1
 
 
+def test_calibrate_then_run_a_searched_schedule(pipeline_dir, tmp_path):
+    profile = tmp_path / "profile.json"
+    assert run(pipeline_dir, tmp_path / "calib", "--teacache-calibrate", str(profile)) == 0
+    p = json.loads(profile.read_text())
+    assert sorted(p["schedules"]) == sorted(tc.RULES) and p["schedule_search"]["runs"] == 1
+    steps = p["schedules"]["extrapolate"]["4"]
+    assert len(steps) == 4 and steps[0] == 0 and steps[-1] == 7
+    assert run(pipeline_dir, tmp_path / "fast", "--teacache-profile", str(profile), "--teacache-budget", "4",
+               "--teacache-rule", "extrapolate") == 0
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "fast").glob("*.json")]
+    assert report["computed_steps"] == report["fixed_steps"] == steps and report["budget"] == 4
+    with pytest.raises(SystemExit, match="no searched schedule of 9 computed steps"):
+        run(pipeline_dir, tmp_path / "x", "--teacache-profile", str(profile), "--teacache-budget", "9")
+
+
 def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
     profile = tmp_path / "profile.json"
     assert run(pipeline_dir, tmp_path / "calib", "--teacache-calibrate", str(profile)) == 0
@@ -99,6 +114,9 @@ def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
     (["--teacache-schedule", "2", "10"], "--teacache-schedule"),
     (["--teacache-schedule", "2", "10", "3", "--teacache-calibrate", "p.json"], "-schedule"),
     (["--teacache-first-frame", "drop"], "--teacache-first-frame"),
+    (["--teacache-budget", "4"], "needs --teacache-profile"),
+    (["--teacache-steps", "0", "3", "3", "7"], "--teacache-steps: fixed_steps must be increasing"),
+    (["--teacache-steps", "0", "7", "--teacache-speedup", "2", "--teacache-profile", "x.json"], "--teacache-speedup"),
 ])
 def test_inconsistent_flags_are_refused_before_loading(pipeline_dir, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
