@@ -90,6 +90,8 @@ CACHE_DIT_METHODS = ("cachedit-dbcache", "cachedit-dbcache-taylorseer", "cachedi
 #: where the second model reproduces the real HunyuanVideo's published relations (``relations``; the setting was
 #: chosen with ``benchmarks/study_regime.py``, see docs/fidelity.md)
 REGIMES = {"shipped": None, "real-like": 20.0}
+#: Computed steps (of 50; scaled to --steps) of the searched schedules
+SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 #: TeaCache's rules deciding on the transformation rate (``indicator="transformation-rate"``)
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
 
@@ -518,6 +520,11 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # deciding on the transformation rate (EasyCache's signal), each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"rate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule)
+    for rule in tc.RULES:  # searched schedules (on the calibration runs, per rule): the limit of step placement
+        for budget in pick(sorted({max(2, round(b * steps / 50)) for b in SEARCH_BUDGETS})):
+            if budget < steps:
+                yield f"searched-{rule}", budget, dict(fixed_steps=tc.profile_schedule(profile, budget, rule),
+                                                       rule=rule)
     for rule in tc.RULES:  # the skip cap alone (a threshold never reached): TeaCache's rules on fixed intervals
         for cap in pick(INTERVAL_CAPS):
             yield f"interval-{rule}", cap, dict(rel_l1_thresh=1e9, max_consecutive_skips=cap, rule=rule)
