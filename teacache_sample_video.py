@@ -174,6 +174,8 @@ class ModulatedInput:
 
     name = "modulated-input"
     published_scale = True  # the published coefficients rescale it (other indicators: used as they are)
+    probe_blocks = 0  # leading blocks that always run (their image residual is the branch's ``probe_residual``)
+    accumulates = True  # False: the value itself is held against the threshold (a change since the last compute)
 
     def change(self, cache: "TeaCache", b: "_Branch", block, args, kwargs) -> Optional[float]:
         now = cache.adapter.modulated_input(block, args, kwargs)
@@ -217,10 +219,55 @@ class TransformationRate(ModulatedInput):
         b.rate_input, b.rate_output = now_in.clone(), now_out.clone()
 
 
-#: The transformation rate's statistics use every this-many-th image token (EasyCache subsamples 8x8 in space)
+class FirstBlockResidual(ModulatedInput):
+    """FirstBlockCache's signal (ParaAttention, diffusers): the first block always runs, and the relative L1 change
+    of its image residual since the last computed call is held against the threshold as it is (not accumulated);
+    a skipped call reuses the other blocks' residual. Statistics on every ``RATE_TOKEN_STRIDE``-th image token."""
+
+    name = "first-block-residual"
+    published_scale = False
+    probe_blocks = 1
+    accumulates = False
+
+    def change(self, cache, b, block, args, kwargs):
+        return None if b.rate_input is None else cache.relative_l1(b.probe_residual, b.rate_input)
+
+    def observe(self, cache, b, block_input, block_output):
+        b.rate_input = b.probe_residual
+
+
+class FirstBlockRate(FirstBlockResidual):
+    """The two combined: the first block always runs; the change of its residual since the last computed call,
+    times the rate ``|Δ r| / |Δ r_first|`` of the other blocks' residual to it learnt between the last two computed
+    calls, over ``|r|``: the other blocks' relative change that the first block's change predicts. Accumulated as
+    the transformation rate is (EasyCache's rule with the first block as the input)."""
+
+    name = "first-block-rate"
+    accumulates = True
+
+    def change(self, cache, b, block, args, kwargs):
+        if b.rate is None:
+            return None
+        moved, size = cache.sums(lambda a, c, r: (torch.sub(a, c).abs_().sum(dtype=torch.float32),
+                                                  r.abs().sum(dtype=torch.float32)),
+                                 b.probe_residual, b.rate_input, b.rate_output)
+        return b.rate * moved / size if size else math.inf
+
+    def observe(self, cache, b, block_input, block_output):
+        now = (block_output[:, ::RATE_TOKEN_STRIDE] - block_input[:, ::RATE_TOKEN_STRIDE])
+        if b.rate_input is not None:
+            d_rest, d_first = cache.sums(lambda r, pr, f, pf: (torch.sub(r, pr).abs_().sum(dtype=torch.float32),
+                                                               torch.sub(f, pf).abs_().sum(dtype=torch.float32)),
+                                         now, b.rate_output, b.probe_residual, b.rate_input)
+            b.rate = d_rest / d_first if d_first else None
+        b.rate_input, b.rate_output = b.probe_residual, now
+
+
+#: The rate and first-block indicators' statistics use every this-many-th image token (EasyCache subsamples 8x8
+#: in space)
 RATE_TOKEN_STRIDE = 8
 
-INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput, TransformationRate)}
+INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput, TransformationRate, FirstBlockResidual, FirstBlockRate)}
 #: The decision indicators' names (``indicator=``); the first is the published one.
 INDICATORS = tuple(INDICATORS_BY_NAME)
 #: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
@@ -390,15 +437,20 @@ def fixed_schedule(num_steps: int, start: int, end: int, interval: int) -> List[
 def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: Optional[Sequence[int]] = None,
            num_steps: Optional[int] = None) -> List[int]:
     """The calls the rule computes on a recorded indicator trace (one value per call, first ``None``); ``steps``:
-    the step of each call (default one call per step), ``num_steps`` the generation's (default: the calls')."""
+    the step of each call (default one call per step), ``num_steps`` the generation's (default: the calls').
+    Exact for the published indicator, whose value at a call does not depend on what was skipped; the other
+    indicators measure against the last computed call, so a trace of an uncached run (one-step changes) replays
+    to more computed calls than a cached run takes."""
     steps = range(len(rel_l1)) if steps is None else steps
     num_steps = len(rel_l1) if num_steps is None else num_steps
     computed, acc, run = [], 0.0, 0
+    accumulates = INDICATORS_BY_NAME[config.indicator].accumulates
     for call, (step, value) in enumerate(zip(steps, rel_l1)):
         if value is None:  # the indicator could not say: computed
             compute, acc = True, 0.0
         else:
-            compute, acc = teacache_decision(step, num_steps, acc, config.rescale(value), config.rel_l1_thresh,
+            compute, acc = teacache_decision(step, num_steps, acc if accumulates else 0.0, config.rescale(value),
+                                             config.rel_l1_thresh,
                                              warmup_steps=config.warmup_steps, skipped_in_a_row=run,
                                              max_consecutive_skips=config.max_consecutive_skips)
         run = 0 if compute else run + 1
@@ -654,10 +706,13 @@ class _Branch:
     rate: Optional[float] = None  # "transformation-rate": the stack's output/input change rate, last learnt
     rate_input: Optional[torch.Tensor] = None  # its token subsample of the last computed call's input, output
     rate_output: Optional[torch.Tensor] = None
+    probe_input: Optional[tuple] = None  # first-block indicators: this call's first block's image tokens (count,
+    probe_residual: Optional[torch.Tensor] = None  # subsample), and its residual (subsample)
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.previous_signal, self.residual, self.older_residual,
-                                                          self.rate_input, self.rate_output) if t is not None)
+                                                          self.rate_input, self.rate_output, self.probe_residual)
+                   if t is not None)
 
 
 @dataclass
@@ -735,6 +790,7 @@ class TeaCache:
         self.transformer, self.spec, self.config = transformer, spec, config
         self.adapter = adapter or spec.adapter(transformer)
         self.indicator = INDICATORS_BY_NAME[config.indicator]
+        probe = self.indicator.probe_blocks
         self._reduce_sum = reduce_sum
         self.generation = _Generation()
         self._sections: Optional[List[dict]] = None  # reset(..., sections=True): the stats of finished sections
@@ -742,8 +798,12 @@ class TeaCache:
         self._restore: List[Callable[[], None]] = []
         self.notes: dict = {}  # what chose this configuration (profile, target speedup), for the report
         blocks = self.adapter.blocks
+        if probe and (len(blocks) <= probe or type(blocks[probe]) is not type(blocks[0])):
+            raise ValueError(f"indicator {config.indicator!r} runs the first {probe} block(s) at every call and "
+                             f"decides at the next one, which must be of the same kind: this {spec.name} has "
+                             f"{len(blocks)} block(s) starting with {[type(b).__name__ for b in blocks[:probe + 1]]}")
         for i, block in enumerate(blocks):
-            self._wrap(block, first=i == 0, last=i == len(blocks) - 1)
+            self._wrap(block, first=i == probe, last=i == len(blocks) - 1, probe=i < probe)
         self._restore.append(transformer.register_forward_pre_hook(self._begin_call, with_kwargs=True).remove)
         self._restore.append(transformer.register_forward_hook(self._end_call).remove)
         self._restore.extend(self.adapter.attach(self))
@@ -864,7 +924,8 @@ class TeaCache:
             compute, b.accumulated = True, 0.0
         else:
             compute, b.accumulated = teacache_decision(
-                g.step, g.num_steps, b.accumulated, cfg.rescale(rel_l1), cfg.rel_l1_thresh,
+                g.step, g.num_steps, b.accumulated if self.indicator.accumulates else 0.0, cfg.rescale(rel_l1),
+                cfg.rel_l1_thresh,
                 warmup_steps=cfg.warmup_steps, skipped_in_a_row=b.skipped_in_a_row,
                 max_consecutive_skips=cfg.max_consecutive_skips)
         compute = compute or b.residual is None or not cfg.enabled
@@ -882,6 +943,21 @@ class TeaCache:
         g.account()
         g.own_time_s += time.perf_counter() - start
         return out
+
+    @_outside_compile
+    def _probe_in(self, args, kwargs):
+        """A probe block's call (it always runs): keep its image input's token subsample."""
+        if self.config.enabled or self.config.trace:
+            image = self.adapter.image_in(args, kwargs)
+            self.generation.current.probe_input = (image.shape[1], image[:, ::RATE_TOKEN_STRIDE].clone())
+
+    @_outside_compile
+    def _probe_out(self, output) -> None:
+        b = self.generation.current
+        if b.probe_input is not None:
+            tokens, sample = b.probe_input
+            image = self.adapter.image_out(output, num_image_tokens=tokens)
+            b.probe_residual, b.probe_input = image[:, ::RATE_TOKEN_STRIDE] - sample, None
 
     @_outside_compile
     def _skipped_block(self, block, args, kwargs):
@@ -930,14 +1006,16 @@ class TeaCache:
         return total.tolist()
 
     # -- block wrappers ----------------------------------------------------- #
-    def _wrap(self, block: torch.nn.Module, first: bool, last: bool) -> None:
+    def _wrap(self, block: torch.nn.Module, first: bool, last: bool, probe: bool = False) -> None:
         """Replace ``block.forward`` on the instance. The wrapper's own frame is left out of compilation (not what
-        it calls: the block's forward compiles as it would without the cache), the decision runs eagerly."""
+        it calls: the block's forward compiles as it would without the cache), the decision runs eagerly. A
+        ``probe`` block (before the deciding one, for the first-block indicators) always runs; its image residual
+        is recorded."""
         original = block.forward
         had_instance_forward = "forward" in vars(block)
-        before = functools.partial(self._before_blocks, block) if first else \
+        before = self._probe_in if probe else functools.partial(self._before_blocks, block) if first else \
             functools.partial(self._skipped_block, block)
-        after = self._after_blocks if last else None
+        after = self._probe_out if probe else self._after_blocks if last else None
 
         def forward(*args, **kwargs):
             out = before(args, kwargs)

@@ -520,6 +520,9 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # deciding on the transformation rate (EasyCache's signal), each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"rate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule)
+    for rule in tc.RULES:  # deciding on the first block's residual times its learnt rate, each rule
+        for thresh in pick(RATE_THRESHOLDS):
+            yield f"fbrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-rate", rule=rule)
     for rule in tc.RULES:  # searched schedules (on the calibration runs, per rule): the limit of step placement
         for budget in pick(sorted({max(2, round(b * steps / 50)) for b in SEARCH_BUDGETS})):
             if budget < steps:
@@ -649,6 +652,8 @@ def main() -> int:
                         help="run only these methods (and the uncached baseline), e.g. diffusers-fbcache; "
                              "'default': every method that runs without --methods; the studies "
                              f"{', '.join(sorted(STUDIES))} run only when named here")
+    parser.add_argument("--settings", nargs="+", metavar="METHOD=V,V", default=[],
+                        help="run only these settings of a method (as the table writes them), e.g. easycache=0.1,0.2")
     parser.add_argument("--replot", metavar="CSV", nargs="+",
                         help="only redraw the plot of CSVs this script wrote (their methods, or those of --methods), "
                              "to --out (default: the first CSV's name, .png)")
@@ -699,6 +704,12 @@ def main() -> int:
     if (everything or "para-attn-fbcache" in args.methods) and _para_attn()[0] is None:
         print(f"skipping para-attn-fbcache: para-attn does not import ({_para_attn()[1]}); "
               "pip install -r requirements-bench.txt", flush=True)
+    only = {}
+    for item in args.settings:
+        method, _, values = item.partition("=")
+        if not values:
+            return _fail(f"--settings takes METHOD=V,V..., got {item!r}")
+        only[method] = set(values.split(","))
     torch.manual_seed(0)
     subject = Random(args.steps) if args.model == "random" else Trained(
         args.steps, "shapes" if args.model == "trained" else "scenes", cfg_scale=REGIMES[args.regime],
@@ -712,6 +723,8 @@ def main() -> int:
     for name, setting, config in methods(subject, profile, mag_ratios, args.quick):
         named = args.methods or ["default"]
         if name != "none" and name not in named and ("default" not in named or name in STUDIES):
+            continue
+        if name in only and str(setting) not in only[name]:
             continue
         psnrs, ssims, walls, base_walls, computed, same, cd_stats, attention, work = ([] for _ in range(9))
         key = (config.counted_block, config.counted_on) if isinstance(config, Peer) else (1, "query")

@@ -11,6 +11,8 @@ read at step k:
 - ``input``: the stack's input's relative change alone;
 - ``first-block-residual``: FirstBlockCache's, the first block's residual's relative change (it needs that block
   run at every step);
+- ``first-block-rate``: the two combined: the first block's residual change times the rate |Δ r| / |Δ r_first|
+  learnt at the step before, over the residual's size (EasyCache's idea with the first block as the input);
 - ``magnitude-ratio``: MagCache's, |1 - ratio_k| with ratio_k = |r_k| / |r_(k-1)| averaged over separate
   calibration prompts (what MagCache reads at run time: the same for every prompt).
 
@@ -35,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_caches  # noqa: E402
 
 tc = bench_caches.tc
-SIGNALS = ("modulated-input", "transformation-rate", "input", "first-block-residual", "magnitude-ratio")
+SIGNALS = ("modulated-input", "transformation-rate", "input", "first-block-residual", "first-block-rate",
+           "magnitude-ratio")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -84,6 +87,8 @@ def signals(seen, ratios) -> dict:
                                                        / seen["out"][k - 1].abs().sum()))
         out["input"].append(_rel(seen["in"][k], seen["in"][k - 1]))
         out["first-block-residual"].append(_rel(fr[k], fr[k - 1]))
+        first_rate = float((r[k - 1] - r[k - 2]).abs().sum() / (fr[k - 1] - fr[k - 2]).abs().sum())
+        out["first-block-rate"].append(first_rate * float((fr[k] - fr[k - 1]).abs().sum() / r[k - 1].abs().sum()))
         out["magnitude-ratio"].append(abs(1 - ratios[k]))
     return out
 

@@ -31,7 +31,8 @@ OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_s
            "extrapolate+trace": dict(rule="extrapolate", trace=True), "fitted": dict(rule="fitted", curved=True),
            # the transformation rate's statistics take every 8th token of each shard: 16-token shards take the same
            # tokens as one process does
-           "rate": dict(indicator="transformation-rate", tokens=32)}
+           "rate": dict(indicator="transformation-rate", tokens=32),
+           "first-block-rate": dict(indicator="first-block-rate", tokens=32)}
 
 
 def run(options, rank=None, process_group=None):
@@ -83,7 +84,8 @@ def _run(mode, tmp_path, options=None):
 
 @pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
                                           ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace"),
-                                          ("reduced", "fitted"), ("reduced", "rate")])
+                                          ("reduced", "fitted"), ("reduced", "rate"),
+                                          ("reduced", "first-block-rate")])
 def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
     (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
     ref, ref_out = run(OPTIONS[options])

@@ -299,3 +299,36 @@ def test_cli_rejects_bad_control_values(flags):
     parser = tc.add_teacache_args(tc._ArgumentParser())
     with pytest.raises(SystemExit):
         parser.parse_args(flags)
+
+
+@pytest.mark.parametrize("indicator", ["first-block-residual", "first-block-rate"])
+def test_first_block_indicators_run_the_first_block_always_and_reuse_the_rest(indicator):
+    """The first block runs at every call; a skipped call adds the other blocks' cached residual to its output."""
+    model = FakeHunyuanTransformer(n_double=3, n_single=2)
+    x, txt = make_inputs()
+    cache = tc.enable_teacache(model, 0.3, num_steps=STEPS, indicator=indicator)
+    first = model.double_blocks[0]
+    residual = None
+    for i, t in enumerate(timesteps(STEPS)):
+        calls, first_calls = model.block_calls(), first.calls
+        out = model(x, t.expand(2), text_states=txt)["x"]
+        assert first.calls == first_calls + 1
+        computed = model.block_calls() - calls == 5
+        assert computed == (i in cache.stats()["computed_steps"])
+        after_first = 0.5 * x + first.k
+        if computed:
+            residual = out - after_first
+        else:
+            assert model.block_calls() - calls == 1
+            assert torch.equal(out, after_first + residual)
+        x = x + 0.05 * (out - x)
+    assert cache.stats()["skipped_steps"] and cache.report()["coefficients_source"].startswith("none")
+
+
+def test_first_block_indicators_need_a_second_block_of_the_first_ones_kind():
+    model = FakeHunyuanTransformer(n_double=1, n_single=2)
+    with pytest.raises(ValueError, match="first-block-rate.*same kind"):
+        tc.enable_teacache(model, 0.3, indicator="first-block-rate")
+    # refused before anything was hooked
+    assert not any("forward" in vars(b) for b in list(model.double_blocks) + list(model.single_blocks))
+    assert not model._forward_pre_hooks and not model._forward_hooks
