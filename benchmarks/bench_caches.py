@@ -637,6 +637,9 @@ def main() -> int:
                              "see docs/fidelity.md)")
     parser.add_argument("--prompts", type=int, default=None,
                         help="held-out prompts to evaluate on (trained models; default 8, 16 in the real-like regime)")
+    parser.add_argument("--paired", nargs=2, metavar="METHOD=SETTING",
+                        help="with --replot: the per-prompt PSNR difference of two rows (first minus second), its mean "
+                             "with a 95%% interval, and each row's worst prompt")
     parser.add_argument("--relations", action="store_true",
                         help="with --replot: print the regime's relations beside the real model's published ones")
     parser.add_argument("--steps", type=int, default=50)
@@ -667,7 +670,7 @@ def main() -> int:
         missing = [path for path in args.replot if not Path(path).is_file()]
         if missing:
             return _fail(f"no such CSV: {missing[0]}")
-        if not (args.markdown or args.relations) and not _have_matplotlib():
+        if not (args.markdown or args.relations or args.paired) and not _have_matplotlib():
             return _fail("--replot needs matplotlib: pip install -r requirements-bench.txt")
         rows = []
         for path in args.replot:
@@ -676,6 +679,12 @@ def main() -> int:
         if not rows:
             return _fail(f"no rows{' of ' + ', '.join(args.methods) if args.methods else ''} in "
                          f"{', '.join(args.replot)}")
+        if args.paired:
+            found = [next((r for r in rows if f"{r['method']}={r['setting']}" == key), None) for key in args.paired]
+            if None in found or not all(r.get("psnr_prompts") for r in found):
+                return _fail(f"--paired: no row with per-prompt PSNRs for {args.paired[found.index(None)] if None in found else args.paired}")
+            print(paired(*found))
+            return 0
         if args.markdown or args.relations:
             print(markdown(rows) if args.markdown else "\n".join(relations(rows)))
             return 0
@@ -881,6 +890,16 @@ def relations(rows) -> list:
     for (what, real, wanted), here, ok in zip(REAL_RELATIONS, seen, checks):
         lines.append(f"  {what}: {here} | {real} | {wanted}: {'holds' if ok else 'does not hold'}")
     return lines
+
+
+def paired(a, b) -> str:
+    """Two rows of the same prompts compared prompt by prompt: the mean PSNR difference (a - b) with its 95% interval,
+    how many prompts a wins, and each row's computed steps and worst prompt."""
+    pa, pb = ([float(v) for v in r["psnr_prompts"].split(";")] for r in (a, b))
+    diff = [x - y for x, y in zip(pa, pb)]
+    name = lambda r: f"{r['method']} {r['setting']} ({float(r['computed']):.1f} computed)"  # noqa: E731
+    return (f"{name(a)} - {name(b)}: {np.mean(diff):+.2f} ± {_ci95(diff):.2f} dB over {len(diff)} prompts, "
+            f"ahead on {sum(d > 0 for d in diff)}; worst prompt {min(pa):.2f} against {min(pb):.2f} dB")
 
 
 def _cell(r, key, fmt="{:.2f}") -> str:
