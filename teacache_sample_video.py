@@ -323,9 +323,12 @@ class TeaCacheConfig:
              "[0, 1] re-fitted at each computed step. See docs/how-it-works.md."))
     indicator: str = field(default=INDICATORS[0], metadata=_flag(
         "--teacache-indicator", choices=INDICATORS,
-        help="What decides: 'modulated-input', the change of the first block's modulated input (published), or "
+        help="What decides: 'modulated-input', the change of the first block's modulated input (published); "
              "'transformation-rate', the output change that the input's change predicts at the rate learnt at "
-             "computed steps (EasyCache's signal; needs no coefficients). See docs/how-it-works.md."))
+             "computed steps (EasyCache's signal); 'first-block-residual', the first block's residual change "
+             "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined. The last three "
+             "need no coefficients. For I2V and 1.5 (no published coefficients) the benchmark recommends "
+             "'transformation-rate' with --teacache-rule fitted: docs/fidelity.md."))
     first_frame: str = field(default="include", metadata=_flag(
         "--teacache-first-frame", choices=FIRST_FRAME,
         help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
@@ -1311,6 +1314,11 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+#: The setting the fidelity benchmark recommends where no coefficients are published (docs/fidelity.md)
+RECOMMENDED = ("Recommended there (no coefficients needed): --teacache-indicator transformation-rate --teacache-rule "
+               "fitted --rel-l1-thresh 0.2 (docs/fidelity.md)")
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
     """Each distinct warning once per process."""
@@ -1371,15 +1379,15 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
         raise ValueError(f"first_frame='exclude' is for token_replace image-to-video (where the first frame is the "
                          f"given image); {type(transformer).__name__} has image condition {condition}")
     if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.fixed_steps is None \
-            and config.enabled:
+            and config.enabled and INDICATORS_BY_NAME[config.indicator].published_scale:
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
-                       "using HunyuanVideo 1.0's text-to-video ones. Calibrate: --teacache-calibrate profile.json, "
-                       "then --teacache-profile profile.json")
+                       f"using HunyuanVideo 1.0's text-to-video ones. {RECOMMENDED}, or calibrate: "
+                       "--teacache-calibrate profile.json, then --teacache-profile profile.json")
         elif condition:
             _warn_once(f"TeaCache: no coefficients are published for image-to-video ({condition}); using the "
-                       "text-to-video ones. Calibrate on your own images: --teacache-calibrate profile.json, then "
-                       "--teacache-profile profile.json")
+                       f"text-to-video ones. {RECOMMENDED}, or calibrate on your own images: --teacache-calibrate "
+                       "profile.json, then --teacache-profile profile.json")
     cache = TeaCache(transformer, spec, config, _reducer(process_group), adapter)
     transformer._teacache = cache
     if num_steps is not None:

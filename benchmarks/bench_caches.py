@@ -82,7 +82,7 @@ SCHEDULE_START_END, SCHEDULE_INTERVALS = (11, 45), [2, 3, 4, 6, 10]
 #: and no dual-stream block, whose 2 are the first and the last)
 CACHE_DIT_THRESHOLDS = [0.02, 0.05, 0.08, 0.15, 0.3, 0.5, 0.8]
 #: ComfyUI's EasyCache and LazyCache: reuse_threshold sweep (the nodes' default: 0.2), their default window
-COMFY_THRESHOLDS = [0.025, 0.05, 0.1, 0.2, 0.3, 0.45, 0.7]
+COMFY_THRESHOLDS = [0.025, 0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5]
 CACHE_DIT_FNBN = [(1, 0), (1, 1)]
 CACHE_DIT_METHODS = ("cachedit-dbcache", "cachedit-dbcache-taylorseer", "cachedit-dbprune")
 

@@ -146,9 +146,12 @@ def test_without_a_profile_it_warns_that_no_coefficients_are_published_for_15():
         tc.enable_teacache(make_transformer_15(), 0.15).disable()
         tc.enable_teacache(make_transformer_15(), 0.15).disable()  # the same warning is not logged again
         tc.enable_teacache(make_transformer_15(), 0.15, coefficients=(1.0, 0.0)).disable()
+        for indicator in tc.INDICATORS[1:]:  # the indicators that need no coefficients: nothing to warn about
+            tc.enable_teacache(make_transformer_15(), 0.15, indicator=indicator).disable()
     finally:
         logger.remove(sink)
     assert len(messages) == 1 and "no coefficients are published for HunyuanVideo 1.5" in messages[0]
+    assert "--teacache-indicator transformation-rate --teacache-rule fitted" in messages[0]  # the recommendation
 
 
 # -- the CLI on tiny local 1.5 pipelines ---------------------------------------------------------------------------
