@@ -40,8 +40,7 @@ def teacache(c, model, thresh=0.15, **options):
 
 
 def last_report(c, patched):
-    wrapper = patched.model_options["transformer_options"]["wrappers"]["outer_sample"]["teacache_hunyuanvideo"][0]
-    return wrapper.reports[-1]
+    return patched.get_wrappers("outer_sample", "teacache_hunyuanvideo")[0].reports[-1]
 
 
 def clean(dm):
@@ -64,7 +63,7 @@ def test_interface(env):
     model = make_model(c)
     out = c.nodes["TeaCacheHunyuanVideo"]().patch(model, 0.1)
     assert isinstance(out, tuple) and out[0] is not model and out[0].model is model.model
-    assert "wrappers" not in model.model_options["transformer_options"]  # the input model is untouched
+    assert not model.wrappers and out[0].get_wrappers("outer_sample", "teacache_hunyuanvideo")  # input untouched
     with pytest.raises(TypeError):  # any other model is refused when the node runs, not at sampling time
         c.nodes["TeaCacheHunyuanVideo"]().patch(c.model_patcher.ModelPatcher(
             c.model_patcher.BaseModel(torch.nn.Linear(2, 2), None)), 0.1)

@@ -77,11 +77,12 @@ class CFGGuider:
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                seed=None):
         self.conds = {k: [dict(c) for c in v] for k, v in self.original_conds.items()}
-        options = self.model_patcher.model_options
+        options = dict(self.model_patcher.model_options["transformer_options"])  # the patcher's wrappers merged in
+        options["wrappers"] = self.model_patcher.wrappers
+        self.transformer_options = options
         executor = patcher_extension.WrapperExecutor.new_class_executor(
             self.outer_sample, self,
-            patcher_extension.get_all_wrappers(patcher_extension.WrappersMP.OUTER_SAMPLE,
-                                               options["transformer_options"]))
+            patcher_extension.get_all_wrappers(patcher_extension.WrappersMP.OUTER_SAMPLE, options))
         return executor.execute(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
     def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
@@ -91,7 +92,7 @@ class CFGGuider:
 
     def _call(self, x, sigma, conds, which):
         model = self.model_patcher.model
-        options = dict(self.model_patcher.model_options["transformer_options"])
+        options = dict(self.transformer_options)
         options.update(cond_or_uncond=list(which), sigmas=sigma.reshape(1), sample_sigmas=None)
         keys = {k for c in conds for k in c if k not in ("cross_attn",)}
         extra = {k: torch.cat([c[k] for c in conds]) for k in keys if torch.is_tensor(conds[0].get(k))}
