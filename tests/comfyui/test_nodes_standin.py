@@ -251,3 +251,18 @@ def restore_engine(saved):
     sys.modules.pop("teacache_sample_video", None)
     if saved is not None:
         sys.modules["teacache_sample_video"] = saved
+
+
+def test_registry_metadata_and_example_workflow():
+    """comfyui/pyproject.toml has what ComfyUI's registry reads; the example workflow uses the node with every
+    input it declares."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    meta = tomllib.loads((REPO / "comfyui" / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "teacache-hunyuanvideo" and meta["project"]["version"].count(".") == 2
+    assert "Repository" in meta["project"]["urls"] and "DisplayName" in meta["tool"]["comfy"]
+    workflow = json.loads((REPO / "comfyui" / "example_workflow_api.json").read_text())
+    node, = [n for n in workflow.values() if n["class_type"] == "TeaCacheHunyuanVideo"]
+    with standin():
+        types = load_custom_node(REPO / "comfyui").NODE_CLASS_MAPPINGS["TeaCacheHunyuanVideo"].INPUT_TYPES()
+    assert set(node["inputs"]) == set(types["required"]) | set(types["optional"])
