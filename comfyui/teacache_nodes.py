@@ -266,13 +266,13 @@ class TeaCacheHunyuanVideo:
             raise ValueError("target_speedup needs a calibration profile (TeaCacheCalibrateHunyuanVideo records "
                              "one): the published coefficients come without recorded runs to replay")
         tc.find_model(model.model.diffusion_model)  # refuses any other model now
-        reports = []
+        reports, chosen = [], {}  # chosen: the threshold picked per (profile file, steps), replayed once
 
         def outer_sample(executor, *args, **kwargs):
             run = describe_run(executor, args, kwargs)
             config, notes = base, {"host": "ComfyUI", "model": run.identity, "setting": run.setting}
             if profile not in (None, "", PUBLISHED):
-                config, notes = _apply_profile(run, config, notes, profile, speedup)
+                config, notes = _apply_profile(run, config, notes, profile, speedup, chosen)
             else:
                 _warn_published(run, config)
             cache = attach(run, config, notes)
@@ -308,7 +308,7 @@ def _warn_published(run: Run, config) -> None:
                       "the text-to-video ones. Calibrate first: TeaCacheCalibrateHunyuanVideo, then pick its profile.")
 
 
-def _apply_profile(run: Run, config, notes: dict, name: str, speedup: float):
+def _apply_profile(run: Run, config, notes: dict, name: str, speedup: float, chosen: dict):
     path = _profile_path(name)
     profile = tc.load_profile(path, num_steps=run.num_steps, setting=run.setting, first_frame=config.first_frame)
     if profile["model"] != run.identity:
@@ -320,7 +320,10 @@ def _apply_profile(run: Run, config, notes: dict, name: str, speedup: float):
     config = dataclasses.replace(config, coefficients=profile["coefficients"])
     notes = {**notes, "profile": name}
     if speedup >= 1:
-        thresh, predicted = tc.threshold_for_speedup(profile["traces"], speedup, config)
+        key = (str(path), path.stat().st_mtime_ns, run.num_steps, json.dumps(config.as_dict(), sort_keys=True))
+        if key not in chosen:
+            chosen[key] = tc.threshold_for_speedup(profile["traces"], speedup, config)
+        thresh, predicted = chosen[key]
         config = dataclasses.replace(config, rel_l1_thresh=thresh)
         notes.update(target_speedup=speedup, predicted_computed_calls=predicted)
         log.info(f"TeaCache: target {speedup}x -> rel_l1_thresh {thresh:.4g} ({predicted:.1f} calls computed on the "

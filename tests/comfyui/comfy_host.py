@@ -24,7 +24,11 @@ POOLED_DIM = 768  # CLIP-L's pooled output (vector_in), fixed by ComfyUI's detec
 def _torchvision_stub() -> None:
     """ComfyUI imports torchvision at module level in a few model files HunyuanVideo never uses; it cannot be
     imported under this project's pinned CPU torch, so a stub stands in where the import fails."""
-    import transformers  # noqa: F401  (first: it looks torchvision up, and must find none)
+    import transformers  # noqa: F401  (first: they look torchvision up, and must find none)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        pass
     try:
         import torchvision  # noqa: F401
         return
