@@ -32,6 +32,65 @@ sys.path.insert(0, {root!r})
 runpy.run_path({main!r}, run_name="__main__")
 """
 
+# The workflow built in the page with the frontend's own LiteGraph (this frontend's app.loadApiJson looks nodes up
+# by the string id after giving them numeric ones, and fails), then laid out and fitted to the window.
+LOAD = """api => {
+  const app = window.app, LG = window.LiteGraph, nodes = {};
+  app.graph.clear();
+  for (const [id, data] of Object.entries(api)) {
+    const node = LG.createNode(data.class_type);
+    if (!node) throw new Error('unknown node type ' + data.class_type);
+    node.id = +id;
+    node.title = (data._meta && data._meta.title) || node.title;
+    app.graph.add(node);
+    nodes[id] = node;
+  }
+  for (const [id, data] of Object.entries(api)) {
+    const node = nodes[id];
+    for (const [name, value] of Object.entries(data.inputs)) {
+      if (Array.isArray(value)) {
+        nodes[value[0]].connect(value[1], node, node.inputs.findIndex(i => i.name === name));
+      } else {
+        const widget = (node.widgets || []).find(w => w.name === name);
+        if (widget) widget.value = value;
+      }
+    }
+  }
+  app.graph.arrange(60);
+  app.graph.setDirtyCanvas(true, true);
+  return Object.keys(nodes).length;
+}"""
+FIT = """() => {
+  const c = window.app.canvas, nodes = window.app.graph._nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const w = c.canvas.width / (window.devicePixelRatio || 1), h = c.canvas.height / (window.devicePixelRatio || 1);
+  const scale = Math.min(w / (x1 - x0 + 80), (h - 80) / (y1 - y0 + 80), 1.2);
+  c.ds.scale = scale;
+  c.ds.offset = [-x0 + 40 / scale, -y0 + 60 / scale];
+  c.setDirty(true, true);
+  return scale;
+}"""
+
+# The frontend's model-folder map expects the built-in loaders; where one failed to import here (the upscale
+# models' needs spandrel, which needs torchvision), a stand-in with its name and inputs keeps the frontend whole.
+STANDINS = """
+import nodes
+NODE_CLASS_MAPPINGS = {}
+if "UpscaleModelLoader" not in nodes.NODE_CLASS_MAPPINGS:
+    class UpscaleModelLoader:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"model_name": ([],)}}
+        RETURN_TYPES = ("UPSCALE_MODEL",)
+        FUNCTION = "load"
+        CATEGORY = "loaders"
+    NODE_CLASS_MAPPINGS["UpscaleModelLoader"] = UpscaleModelLoader
+"""
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -47,6 +106,18 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="comfy_ui_"))
     (base / "custom_nodes").mkdir()
     os.symlink(REPO / "comfyui", base / "custom_nodes" / "teacache_hunyuanvideo")
+    (base / "custom_nodes" / "screenshot_standins").mkdir()
+    (base / "custom_nodes" / "screenshot_standins" / "__init__.py").write_text(STANDINS)
+    # the model folders, with empty stand-ins named as the workflow's files (listed by the loaders, never loaded:
+    # nothing is queued)
+    for folder, name in (("diffusion_models", "hunyuan_video_t2v_720p_bf16.safetensors"),
+                         ("text_encoders", "clip_l.safetensors"),
+                         ("text_encoders", "llava_llama3_fp8_scaled.safetensors"),
+                         ("vae", "hunyuan_video_vae_bf16.safetensors"), ("vae_approx", None),
+                         ("teacache_profiles", None)):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        if name:
+            (base / "models" / folder / name).touch()
     code = LAUNCH.format(tests=str(REPO / "tests" / "comfyui"), port=args.port, base=str(base), root=str(root),
                          main=str(root / "main.py"))
     log = open(base / "server.log", "w")
@@ -69,11 +140,22 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.browser, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 900})
+            console = []
+            page.on("console", lambda m: console.append(m.text))
             page.goto(url)
             page.wait_for_function("window.app && window.app.graph", timeout=120000)
-            page.wait_for_timeout(3000)
-            page.evaluate("wf => window.app.loadApiJson(wf, 'teacache_hunyuanvideo_example.json')", workflow)
-            page.wait_for_timeout(3000)
+            types = sorted({n["class_type"] for n in workflow.values()})
+            page.wait_for_function("types => types.every(t => t in window.LiteGraph.registered_node_types)",
+                                   arg=types, timeout=120000)  # the node definitions register asynchronously
+            page.wait_for_timeout(1000)
+            try:
+                page.evaluate(LOAD, workflow)
+            except Exception:
+                print("browser console:", *console[-8:], sep="\n  ")
+                raise
+            page.wait_for_timeout(1500)
+            print("fit scale", page.evaluate(FIT))
+            page.wait_for_timeout(1500)
             page.keyboard.press("Escape")
             page.wait_for_timeout(500)
             page.screenshot(path=args.out)
