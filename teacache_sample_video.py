@@ -1023,7 +1023,7 @@ def find_model(transformer: torch.nn.Module) -> ModelSpec:
     """The spec serving ``transformer``'s class (by module and name, the class or one it derives from)."""
     spec = next((s for s in MODELS if s.serves_instance(transformer)), None)
     if spec is None:
-        served = ", ".join(c.split(":")[1] for s in MODELS for c in s.classes)
+        served = ", ".join(dict.fromkeys(c.split(":")[1] for s in MODELS for c in s.classes))
         raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__} (module "
                         f"{type(transformer).__module__}); it serves {served}")
     return spec
