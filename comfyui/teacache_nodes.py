@@ -282,6 +282,7 @@ class TeaCacheHunyuanVideo:
                 try:
                     report = _json_safe(cache.report())
                     reports.append(report)
+                    del reports[:-8]  # the last runs' reports (each is also written to output/teacache)
                     log.info(f"{cache.summary()} [{run.setting['sampler']}, {run.setting['scheduler']}]")
                     log.info(f"TeaCache report: {_write_report(report)}")
                 except Exception as e:
@@ -292,7 +293,7 @@ class TeaCacheHunyuanVideo:
         patched = model.clone()
         patched.remove_wrappers_with_key(_comfy("patcher_extension").WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
         patched.add_wrapper_with_key(_comfy("patcher_extension").WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
-        outer_sample.reports = reports  # every run's report (the last one is reports[-1])
+        outer_sample.reports = reports  # the last 8 runs' reports (the last one is reports[-1])
         return (patched,)
 
 
