@@ -266,3 +266,19 @@ def test_registry_metadata_and_example_workflow():
     with standin():
         types = load_custom_node(REPO / "comfyui").NODE_CLASS_MAPPINGS["TeaCacheHunyuanVideo"].INPUT_TYPES()
     assert set(node["inputs"]) == set(types["required"]) | set(types["optional"])
+
+
+@pytest.mark.parametrize("indicator", tc.INDICATORS)
+def test_every_indicator(env, indicator):
+    """Every decision signal the engine offers (the node lists them all): threshold 0 bit-identical, a run that
+    skips calls with batched and split guidance, nothing left on the model."""
+    c = env
+    model = make_model(c)
+    plain, _ = run(c, model, cfg=5.0)
+    assert torch.equal(run(c, teacache(c, model, 0.0, indicator=indicator), cfg=5.0)[0], plain)
+    for batch in (True, False):
+        patched = teacache(c, model, 0.3, indicator=indicator)
+        out, _ = run(c, patched, cfg=5.0, steps=12, batch_conds=batch)
+        report = last_report(c, patched)
+        assert report["indicator"] == indicator and report["num_branches"] == (1 if batch else 2)
+        assert torch.isfinite(out).all() and clean(model.model.diffusion_model)
