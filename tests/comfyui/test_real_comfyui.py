@@ -120,6 +120,16 @@ def test_samplers(pack, models, sampler, cfg):
     assert not torch.equal(out, plain)
 
 
+@pytest.mark.parametrize("indicator", tc.INDICATORS)
+def test_every_indicator(pack, models, indicator):
+    model = models["t2v"]
+    plain = sample(model, cfg=4.0, sampler="heun")
+    assert torch.equal(sample(teacache(pack, model, 0.0, indicator=indicator), cfg=4.0, sampler="heun"), plain)
+    patched = teacache(pack, model, ON, indicator=indicator)
+    out = sample(patched, cfg=4.0, sampler="heun")
+    assert report_of(patched)["indicator"] == indicator and torch.isfinite(out).all() and clean(model)
+
+
 def test_euler_decisions_equal_reference_rule(pack, models):
     for thresh in (0.5, 2.0, 5.0):
         patched = teacache(pack, models["t2v"], thresh)
