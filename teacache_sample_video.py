@@ -1255,6 +1255,74 @@ class _DiffusersHunyuanVideoAdapter(_Adapter):
         return (hidden if image_delta is None else hidden + image_delta), context
 
 
+class _ComfyUIHunyuanVideoAdapter(_Adapter):
+    """ComfyUI's ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` (one class for text-to-video, I2V v1 ``concat``,
+    I2V v2 token replace and, in newer ComfyUI, HunyuanVideo-1.5). Its blocks are Flux's: ``double_blocks`` are
+    called with keywords ``(img=, txt=, vec=, pe=, attn_mask=, modulation_dims_img=, modulation_dims_txt=,
+    transformer_options=)`` and return ``(img, txt)``; ``single_blocks`` take ``(x, vec=, pe=, ...)`` on the joint
+    stream, ``cat(img, txt)`` (newer versions: ``cat(txt, img)`` with ``transformer_options["img_slice"]``).
+    I2V v2 (``guiding_frame_index``) makes ``vec`` (B, 2, D) and passes ``modulation_dims_img``: the first frame's
+    tokens are modulated by ``vec[:, 0]``, the rest by ``vec[:, 1]``; the modulated input is the block's own
+    ``apply_mod`` on those. Blocks may add into their inputs in place (newer double blocks do ``img +=``), so the
+    stack's input is copied before they run. The model is called as ``(x, timestep, context=...,
+    transformer_options=...)`` with ComfyUI's sigma-derived timestep; ``transformer_options["cond_or_uncond"]``
+    names the guidance branches of a call (cond and uncond batched in one call are one branch, as upstream batches
+    them; split calls are a branch each)."""
+
+    def __init__(self, transformer, image_condition: Optional[str] = "auto"):
+        self.single = set(map(id, transformer.single_blocks))
+        self.blocks = list(transformer.double_blocks) + list(transformer.single_blocks)
+        if image_condition == "auto":  # v1 (33 channels) and SkyReels (32) concatenate the image latent
+            params = getattr(transformer, "params", None)
+            image_condition = "concat" if getattr(params, "in_channels", None) in (32, 33) else None
+        self.image_condition = image_condition  # token replace is per call here: the host says it (see comfyui/)
+        self.options: Optional[dict] = None  # transformer_options of the call in progress (img_slice)
+
+    def timestep(self, args, kwargs):
+        return float(_arg(args, kwargs, 1, "timestep").flatten()[0])
+
+    def branch_key(self, args, kwargs):
+        branches = (kwargs.get("transformer_options") or {}).get("cond_or_uncond")
+        return None if branches is None else tuple(branches)
+
+    @staticmethod
+    def _apply_mod(block):
+        """The ``apply_mod`` of the block's own module (``comfy.ldm.flux.layers``), as the block calls it."""
+        return sys.modules[type(block).__module__].apply_mod
+
+    def modulated_input(self, block, args, kwargs):
+        img, vec = _arg(args, kwargs, 0, "img"), _arg(args, kwargs, 2, "vec")
+        mod = block.img_mod(vec)[0]
+        dims = _arg(args, kwargs, 5, "modulation_dims_img", None)
+        return self._apply_mod(block)(block.img_norm1(img), 1 + mod.scale, mod.shift, dims)
+
+    def first_frame_tokens(self, args, kwargs):
+        dims = _arg(args, kwargs, 5, "modulation_dims_img", None)
+        return dims[0][1] if dims else 0  # [(0, frame_tokens, 0), (frame_tokens, None, 1)]; none: no first frame
+
+    def image_in(self, args, kwargs):
+        self.options = kwargs.get("transformer_options")
+        return _arg(args, kwargs, 0, "img").clone()  # the blocks may add into it in place
+
+    def image_out(self, output, num_image_tokens):
+        if isinstance(output, tuple):  # a double block was last (HunyuanVideo-1.5: no single blocks)
+            return output[0]
+        where = (self.options or {}).get("img_slice")
+        return output[:, where[0]:where[1]] if where else output[:, :num_image_tokens]
+
+    def passthrough(self, block, args, kwargs, image_delta=None):
+        if id(block) in self.single:
+            return _arg(args, kwargs, 0, "x")
+        img, txt = _arg(args, kwargs, 0, "img"), _arg(args, kwargs, 1, "txt")
+        return (img if image_delta is None else img + image_delta), txt
+
+
+def _is_comfyui_hunyuanvideo_15(transformer) -> bool:
+    """ComfyUI folds HunyuanVideo-1.5 into the same class: its vision projection and cond-type embedding."""
+    params = getattr(transformer, "params", None)
+    return getattr(params, "vision_in_dim", None) is not None or bool(getattr(params, "use_cond_type_embedding", False))
+
+
 def _first_tensor(output) -> Any:
     """The video out of a transformer's output: Tencent's dict (``"x"``), diffusers' tuple or output object."""
     if isinstance(output, dict):
@@ -1275,9 +1343,13 @@ class ModelSpec:
     coefficients: Optional[Tuple[float, ...]] = None  # published for this model, if any
     coefficients_source: str = ""  # where the published coefficients come from
     output: Callable[[Any], Any] = _first_tensor  # how to read the model's output
+    instances: Optional[Callable[[Any], bool]] = None  # where one class serves several models: which instances
 
     def serves(self, cls: type) -> bool:
         return any(f"{c.__module__}:{c.__qualname__}" in self.classes for c in cls.__mro__)
+
+    def serves_instance(self, transformer) -> bool:
+        return self.serves(type(transformer)) and (self.instances is None or self.instances(transformer))
 
 
 _PAPER = "TeaCache (arXiv 2411.19108), TeaCache4HunyuanVideo: fitted on 50-step 720p text-to-video"
@@ -1295,14 +1367,18 @@ MODELS: List[ModelSpec] = [
     ModelSpec("diffusers HunyuanVideo 1.5", (
         "diffusers.models.transformers.transformer_hunyuan_video15:HunyuanVideo15Transformer3DModel",),
         _DiffusersHunyuanVideoAdapter, "1.5"),
+    ModelSpec("ComfyUI HunyuanVideo 1.5", ("comfy.ldm.hunyuan_video.model:HunyuanVideo",),
+              _ComfyUIHunyuanVideoAdapter, "1.5", instances=_is_comfyui_hunyuanvideo_15),
+    ModelSpec("ComfyUI HunyuanVideo (text-to-video, I2V v1/v2)", ("comfy.ldm.hunyuan_video.model:HunyuanVideo",),
+              _ComfyUIHunyuanVideoAdapter, "1.0", PUBLISHED_COEFFICIENTS, _PAPER),
 ]
 
 
 def find_model(transformer: torch.nn.Module) -> ModelSpec:
     """The spec serving ``transformer``'s class (by module and name, the class or one it derives from)."""
-    spec = next((s for s in MODELS if s.serves(type(transformer))), None)
+    spec = next((s for s in MODELS if s.serves_instance(transformer)), None)
     if spec is None:
-        served = ", ".join(c.split(":")[1] for s in MODELS for c in s.classes)
+        served = ", ".join(dict.fromkeys(c.split(":")[1] for s in MODELS for c in s.classes))
         raise TypeError(f"TeaCache does not know the block layout of {type(transformer).__name__} (module "
                         f"{type(transformer).__module__}); it serves {served}")
     return spec
