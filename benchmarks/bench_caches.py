@@ -688,9 +688,10 @@ def main() -> int:
         if args.markdown or args.relations:
             print(markdown(rows) if args.markdown else "\n".join(relations(rows)))
             return 0
-        model = Path(args.replot[0]).stem.removeprefix("caches_").split("_")[0]
+        model, _, study = Path(args.replot[0]).stem.removeprefix("caches_").partition("_")
         plot(rows, Path(args.out or Path(args.replot[0]).with_suffix(".png")),
-             f"{model} model, {rows[0]['steps']} steps")
+             f"{model} model{' (' + study.replace('reallike', 'real-like regime') + ')' if study else ''}, "
+             f"{rows[0]['steps']} steps")
         return 0
     # checked before the long run (20+ minutes), not after it
     if args.model == "random" and (args.regime != "shipped" or args.prompts):
