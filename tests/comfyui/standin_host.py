@@ -29,6 +29,14 @@ def standin():
     for n in saved:
         del sys.modules[n]
     sys.path.insert(0, str(STANDIN))
+    # the stand-in's ``comfy`` package lives in ``standin/comfy_standin`` (a folder named ``comfy`` would read as
+    # ComfyUI's own code in this repository); it is imported under ComfyUI's name
+    package = STANDIN / "comfy_standin"
+    spec = importlib.util.spec_from_file_location("comfy", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    comfy = importlib.util.module_from_spec(spec)
+    sys.modules["comfy"] = comfy
+    spec.loader.exec_module(comfy)
     try:
         yield types_namespace()
     finally:
