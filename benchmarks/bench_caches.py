@@ -80,7 +80,7 @@ SCHEDULE_START_END, SCHEDULE_INTERVALS = (11, 45), [2, 3, 4, 6, 10]
 #: blocks of each stack), so F1: the first block of each stack always computed (2 of 6 blocks; HunyuanVideo's F8B0
 #: computes 16 of 60), B0 or B1 (the last block of each stack too: then a skipped step skips 2 single-stream blocks
 #: and no dual-stream block, whose 2 are the first and the last)
-CACHE_DIT_THRESHOLDS = [0.02, 0.05, 0.08, 0.15, 0.3, 0.5, 0.8]
+CACHE_DIT_THRESHOLDS = [0.02, 0.05, 0.08, 0.15, 0.2, 0.3, 0.5, 0.8]
 #: ComfyUI's EasyCache and LazyCache: reuse_threshold sweep (the nodes' default: 0.2), their default window
 COMFY_THRESHOLDS = [0.025, 0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5]
 CACHE_DIT_FNBN = [(1, 0), (1, 1)]
@@ -535,9 +535,9 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # HunyuanVideo-1.5's fixed schedule, with each rule
         for interval in SCHEDULE_INTERVALS:
             yield f"schedule-{rule}", f"{start}/{end}/{interval}", dict(schedule=(start, end, interval), rule=rule)
-    for thresh in pick([0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
+    for thresh in pick([0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
         yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
-    for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.5]):
+    for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.36, 0.5]):
         yield "diffusers-magcache", thresh, MagCacheConfig(threshold=thresh, num_inference_steps=steps,
                                                            mag_ratios=mag_ratios)
     for interval in pick([2, 3, 4, 5, 6]):
@@ -639,7 +639,12 @@ def main() -> int:
                         help="held-out prompts to evaluate on (trained models; default 8, 16 in the real-like regime)")
     parser.add_argument("--paired", nargs=2, metavar="METHOD=SETTING",
                         help="with --replot: the per-prompt PSNR difference of two rows (first minus second), its mean "
-                             "with a 95%% interval, and each row's worst prompt")
+                             "with a 95%% interval, and each row's worst prompt; a bare METHOD (with --budget) is that "
+                             "method at the budget")
+    parser.add_argument("--budget", type=_budget, metavar="K",
+                        help="with --paired: a bare METHOD's per-prompt PSNRs at K computed steps (K: a number), or "
+                             "at a measured speedup (K: e.g. 2.0x), interpolated linearly between its two settings "
+                             "around K")
     parser.add_argument("--relations", action="store_true",
                         help="with --replot: print the regime's relations beside the real model's published ones")
     parser.add_argument("--steps", type=int, default=50)
@@ -680,9 +685,16 @@ def main() -> int:
             return _fail(f"no rows{' of ' + ', '.join(args.methods) if args.methods else ''} in "
                          f"{', '.join(args.replot)}")
         if args.paired:
-            found = [next((r for r in rows if f"{r['method']}={r['setting']}" == key), None) for key in args.paired]
-            if None in found or not all(r.get("psnr_prompts") for r in found):
-                return _fail(f"--paired: no row with per-prompt PSNRs for {args.paired[found.index(None)] if None in found else args.paired}")
+            found = []
+            for key in args.paired:
+                if "=" not in key and args.budget is None:
+                    return _fail(f"--paired: {key} names no setting: write {key}=SETTING, or pass --budget K")
+                row = (next((r for r in rows if f"{r['method']}={r['setting']}" == key), None) if "=" in key
+                       else at_budget(rows, key, args.budget))
+                if row is None or not row.get("psnr_prompts"):
+                    return _fail(f"--paired: no row with per-prompt PSNRs for {key}"
+                                 + ("" if "=" in key else f" on both sides of {_budget_text(args.budget)}"))
+                found.append(row)
             print(paired(*found))
             return 0
         if args.markdown or args.relations:
@@ -891,6 +903,41 @@ def relations(rows) -> list:
     for (what, real, wanted), here, ok in zip(REAL_RELATIONS, seen, checks):
         lines.append(f"  {what}: {here} | {real} | {wanted}: {'holds' if ok else 'does not hold'}")
     return lines
+
+
+def _budget(text: str) -> tuple:
+    """``--budget``: ("computed", K) for a number, ("speedup", S) for ``Sx``."""
+    try:
+        return ("speedup", float(text[:-1])) if text.endswith("x") else ("computed", float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected computed steps (22) or a measured speedup (2.0x), got {text!r}")
+
+
+def _budget_text(budget: tuple) -> str:
+    return f"{budget[1]:g}x measured" if budget[0] == "speedup" else f"{budget[1]:g} computed steps"
+
+
+def at_budget(rows, method: str, budget: tuple):
+    """``method`` at ``budget`` (``_budget``: computed steps, or measured speedup): a row whose per-prompt PSNRs
+    are interpolated linearly in that quantity (its mean over the prompts, as the CSV holds it) between the
+    method's two settings nearest around the budget (an exact setting if one has it); None where the rows do not
+    reach the budget on both sides. Finite PSNRs only (a setting that skipped nothing on some prompt cannot be
+    interpolated)."""
+    axis, value = budget
+    usable = sorted((float(r[axis]), r) for r in rows if r["method"] == method and r.get("psnr_prompts")
+                    and all(math.isfinite(float(v)) for v in r["psnr_prompts"].split(";")))
+    budget = value
+    below = [(c, r) for c, r in usable if c <= budget]
+    above = [(c, r) for c, r in usable if c >= budget]
+    if not below or not above:
+        return None
+    (c0, r0), (c1, r1) = below[-1], above[0]
+    w = 0.0 if c1 == c0 else (budget - c0) / (c1 - c0)
+    p0, p1 = ([float(v) for v in r["psnr_prompts"].split(";")] for r in (r0, r1))
+    setting = r0["setting"] if c1 == c0 else f"{r0['setting']}..{r1['setting']}"
+    computed = (1 - w) * float(r0["computed"]) + w * float(r1["computed"])
+    return dict(method=method, setting=setting + (f" at {value:g}x" if axis == "speedup" else ""),
+                computed=computed, psnr_prompts=";".join(f"{(1 - w) * a + w * b:.3f}" for a, b in zip(p0, p1)))
 
 
 def paired(a, b) -> str:
