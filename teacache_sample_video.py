@@ -188,6 +188,16 @@ class ModulatedInput:
     def observe(self, cache: "TeaCache", b: "_Branch", block_input: torch.Tensor, block_output: torch.Tensor):
         pass
 
+    # An indicator that measures against the last computed call(s) also says how a traced uncached run replays
+    # exactly (``replay(..., pairwise=)``): ``signals`` are the two tensors (a, b) it compares across calls, and
+    # ``from_distances`` its value at call i from their L1 distances, given the last computed call c and the one
+    # before it, c0 (None where there is none). This one compares consecutive calls: its trace replays as it is.
+    def signals(self, cache: "TeaCache", b: "_Branch", block_input, block_output) -> Optional[tuple]:
+        return None
+
+    def from_distances(self, d: dict, i: int, c: int, c0: Optional[int]) -> Optional[float]:
+        raise NotImplementedError
+
 
 class TransformationRate(ModulatedInput):
     """EasyCache's signal (arXiv 2507.02860) on the block stack: at each computed call it learns the rate
@@ -218,6 +228,14 @@ class TransformationRate(ModulatedInput):
             b.rate = d_out / d_in if d_in else None
         b.rate_input, b.rate_output = now_in.clone(), now_out.clone()
 
+    def signals(self, cache, b, block_input, block_output):
+        return block_input[:, ::RATE_TOKEN_STRIDE], block_output[:, ::RATE_TOKEN_STRIDE]
+
+    def from_distances(self, d, i, c, c0):
+        if c0 is None or not d["a"][c][c0]:  # no rate learnt yet
+            return None
+        return d["b"][c][c0] / d["a"][c][c0] * d["a"][i][c] / d["b_norm"][c] if d["b_norm"][c] else math.inf
+
 
 class FirstBlockResidual(ModulatedInput):
     """FirstBlockCache's signal (ParaAttention, diffusers): the first block always runs, and the relative L1 change
@@ -234,6 +252,12 @@ class FirstBlockResidual(ModulatedInput):
 
     def observe(self, cache, b, block_input, block_output):
         b.rate_input = b.probe_residual
+
+    def signals(self, cache, b, block_input, block_output):
+        return b.probe_residual, (block_output[:, ::RATE_TOKEN_STRIDE] - block_input[:, ::RATE_TOKEN_STRIDE])
+
+    def from_distances(self, d, i, c, c0):
+        return d["a"][i][c] / d["a_norm"][c] if d["a_norm"][c] else math.inf
 
 
 class FirstBlockRate(FirstBlockResidual):
@@ -261,6 +285,8 @@ class FirstBlockRate(FirstBlockResidual):
                                          now, b.rate_output, b.probe_residual, b.rate_input)
             b.rate = d_rest / d_first if d_first else None
         b.rate_input, b.rate_output = b.probe_residual, now
+
+    from_distances = TransformationRate.from_distances  # the same rule, with the first block's residual as input
 
 
 #: The rate and first-block indicators' statistics use every this-many-th image token (EasyCache subsamples 8x8
@@ -438,17 +464,26 @@ def fixed_schedule(num_steps: int, start: int, end: int, interval: int) -> List[
 
 
 def replay(rel_l1: Sequence[Optional[float]], config: TeaCacheConfig, *, steps: Optional[Sequence[int]] = None,
-           num_steps: Optional[int] = None) -> List[int]:
+           num_steps: Optional[int] = None, pairwise: Optional[dict] = None) -> List[int]:
     """The calls the rule computes on a recorded indicator trace (one value per call, first ``None``); ``steps``:
     the step of each call (default one call per step), ``num_steps`` the generation's (default: the calls').
-    Exact for the published indicator, whose value at a call does not depend on what was skipped; the other
-    indicators measure against the last computed call, so a trace of an uncached run (one-step changes) replays
-    to more computed calls than a cached run takes."""
+    Exact for the published indicator, whose value at a call does not depend on what was skipped. The other
+    indicators measure against the last computed call: ``pairwise`` (a traced uncached run's
+    ``stats()["pairwise"]``, which a profile keeps) gives their signals' distances between every two calls, and
+    each call's value is then the one it has after the calls the rule computed, exactly (up to the trace's
+    subsample of the signals). Without it their trace (one-step changes) replays to more computed calls than a
+    cached run takes."""
     steps = range(len(rel_l1)) if steps is None else steps
     num_steps = len(rel_l1) if num_steps is None else num_steps
     computed, acc, run = [], 0.0, 0
-    accumulates = INDICATORS_BY_NAME[config.indicator].accumulates
-    for call, (step, value) in enumerate(zip(steps, rel_l1)):
+    indicator = INDICATORS_BY_NAME[config.indicator]
+    accumulates = indicator.accumulates
+    if pairwise is not None and pairwise.get("indicator") != config.indicator:
+        raise ValueError(f"pairwise distances of indicator {pairwise.get('indicator')!r} cannot replay "
+                         f"{config.indicator!r}")
+    for call, step in enumerate(steps):
+        value = rel_l1[call] if pairwise is None else None if not computed else indicator.from_distances(
+            pairwise, call, computed[-1], computed[-2] if len(computed) > 1 else None)
         if value is None:  # the indicator could not say: computed
             compute, acc = True, 0.0
         else:
@@ -638,8 +673,8 @@ def threshold_for_speedup(traces: Sequence[Any], speedup: float, config: TeaCach
     best = None
     for thresh in np.concatenate([[0.0], np.geomspace(1e-4, 1e3, 3000)]):
         cfg = dataclasses.replace(config, rel_l1_thresh=float(thresh))
-        mean = float(np.mean([len(replay(t["rel_l1"], cfg, steps=t.get("steps"), num_steps=t.get("num_steps")))
-                              for t in traces]))
+        mean = float(np.mean([len(replay(t["rel_l1"], cfg, steps=t.get("steps"), num_steps=t.get("num_steps"),
+                                         pairwise=t.get("pairwise"))) for t in traces]))
         if best is None or abs(mean - target) < abs(best[1] - target) - 1e-9:
             best = (float(thresh), mean)
     return best
@@ -661,12 +696,17 @@ def fit_coefficients(rel_l1: Sequence[float], residual_rel_l1: Sequence[float], 
 TRACE_SAMPLE_ELEMENTS = 1 << 14
 
 
-def _residual_sample(residual: torch.Tensor) -> torch.Tensor:
-    flat = residual.detach().reshape(-1)
+def _trace_sample(x: torch.Tensor) -> torch.Tensor:
+    """At most ``TRACE_SAMPLE_ELEMENTS`` of ``x``, in float32, on its device (the same elements at every call)."""
+    flat = x.detach().reshape(-1)
     stride = max(1, -(-flat.numel() // TRACE_SAMPLE_ELEMENTS))
-    while stride > 1 and math.gcd(stride, residual.shape[-1]) != 1:
+    while stride > 1 and math.gcd(stride, x.shape[-1]) != 1:
         stride += 1
-    return flat[::stride][:TRACE_SAMPLE_ELEMENTS].float().cpu()
+    return flat[::stride][:TRACE_SAMPLE_ELEMENTS].float()
+
+
+def _residual_sample(residual: torch.Tensor) -> torch.Tensor:
+    return _trace_sample(residual).cpu()
 
 
 class ResidualSamples(str):
@@ -705,6 +745,9 @@ class _Branch:
     rel_l1: List[Optional[float]] = field(default_factory=list)  # the indicator per call
     residual_rel_l1: List[Optional[float]] = field(default_factory=list)  # trace: residual change per call
     samples: List[tuple] = field(default_factory=list)  # trace: (step, timestep, residual subsample) per computed call
+    signal_samples: List[tuple] = field(default_factory=list)  # trace: the indicator's (a, b) subsamples per call
+    pairwise: List[tuple] = field(default_factory=list)  # trace: (call, |a - a_j| and |b - b_j| for each earlier
+    # sampled call j, |a|, |b|), what ``replay(pairwise=)`` needs
     gains: List[float] = field(default_factory=list)  # "fitted": the extrapolation's gain after each fit
     rate: Optional[float] = None  # "transformation-rate": the stack's output/input change rate, last learnt
     rate_input: Optional[torch.Tensor] = None  # its token subsample of the last computed call's input, output
@@ -977,6 +1020,9 @@ class TeaCache:
         start = time.perf_counter()
         image = self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1])
         self.indicator.observe(self, b, b.block_input, image)
+        signals = self.indicator.signals(self, b, b.block_input, image) if self.config.trace else None
+        if signals is not None:
+            self._trace_distances(b, *signals)
         residual = image - b.block_input
         b.block_input = None
         self.config.predictor.observe(b, residual, g.timestep, self.sums)
@@ -989,6 +1035,20 @@ class TeaCache:
         b.residual, b.residual_at = residual, g.timestep
         g.account()
         g.own_time_s += time.perf_counter() - start
+
+    def _trace_distances(self, b: _Branch, a: torch.Tensor, c: torch.Tensor) -> None:
+        """Trace: the L1 distances of this call's indicator signals (subsampled) to every earlier traced call's,
+        and their sizes, reduced over the sequence-parallel group."""
+        a, c = _trace_sample(a), _trace_sample(c)
+        earlier = [torch.stack([x[k] for x in b.signal_samples]) for k in (1, 2)] if b.signal_samples else None
+        sums = [torch.sub(earlier[0], a).abs_().sum(1), torch.sub(earlier[1], c).abs_().sum(1)] if earlier else []
+        total = torch.cat([*sums, a.abs().sum()[None], c.abs().sum()[None]])
+        if self._reduce_sum is not None:
+            total = self._reduce_sum(total)
+        values, n = total.tolist(), len(b.signal_samples)
+        call = len(b.rel_l1) - 1
+        b.pairwise.append((call, values[:n], values[n:2 * n], values[2 * n], values[2 * n + 1]))
+        b.signal_samples.append((call, a, c))
 
     # -- statistics reduced over the sequence-parallel group ----------------- #
     def relative_l1(self, now: torch.Tensor, prev: torch.Tensor) -> float:
@@ -1047,6 +1107,8 @@ def _stats(cache: TeaCache) -> dict:
                  "skipped_steps": list(b.skipped_steps), "rel_l1": list(b.rel_l1),
                  **({"residual_rel_l1": list(b.residual_rel_l1), "residual_samples": ResidualSamples(b.samples)}
                     if cfg.trace else {}),
+                 **({"pairwise": _pairwise(b, cfg.indicator)} if b.pairwise and
+                    [x[0] for x in b.pairwise] == list(range(len(b.rel_l1))) else {}),
                  **({"gains": list(b.gains)} if cfg.rule == "fitted" else {})} for b in g.branches.values()]
     branches = branches or [{"steps": [], "computed_steps": [], "skipped_steps": [], "rel_l1": []}]
     calls = sum(len(b["steps"]) for b in branches)
@@ -1066,6 +1128,17 @@ def _stats(cache: TeaCache) -> dict:
         "cache_own_time_s": g.own_time_s,
         **({} if cache._sections is None else {"section": len(cache._sections)}),
     }
+
+
+def _pairwise(b: _Branch, indicator: str) -> dict:
+    """A traced uncached run's signal distances (``replay(pairwise=)``): ``a[i][j]``, ``b[i][j]`` for j < i, and each
+    call's ``a_norm``, ``b_norm``, to 6 significant digits."""
+    def r(v):
+        return float(f"{v:.6g}")
+
+    return {"indicator": indicator, "a": [[r(v) for v in x[1]] for x in b.pairwise],
+            "b": [[r(v) for v in x[2]] for x in b.pairwise], "a_norm": [r(x[3]) for x in b.pairwise],
+            "b_norm": [r(x[4]) for x in b.pairwise]}
 
 
 def _summary(cache: TeaCache) -> str:
@@ -1499,11 +1572,13 @@ def model_identity(transformer: torch.nn.Module) -> dict:
 
 
 def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4,
-                 first_frame: str = "include", budgets: Optional[Sequence[int]] = None) -> dict:
+                 first_frame: str = "include", budgets: Optional[Sequence[int]] = None,
+                 indicator: str = INDICATORS[0]) -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
     Pairs each call's indicator with the relative L1 change of the block stack's residual at that call.
-    ``first_frame``: the indicator's definition the traces were taken with (``TeaCacheConfig.first_frame``).
+    ``indicator``, ``first_frame``: the indicator the traces were taken with (``TeaCacheConfig``'s). Its traces keep
+    the signals' pairwise distances where the indicator has them (``replay(pairwise=)``).
     Where the traces hold their residual subsamples (in the process that ran them), the profile also holds the
     searched schedules for ``budgets`` computed steps (default: every budget from 2 to the step count), per rule
     (``searched_schedules``; ``profile_schedule`` picks one).
@@ -1519,8 +1594,10 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
     num_steps = num_steps.pop()
     return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps,
             **searched_schedules(runs, num_steps, budgets),
-            "setting": setting, "first_frame": first_frame, "coefficients": list(coefficients), "degree": degree,
+            "setting": setting, "indicator": indicator, "first_frame": first_frame,
+            "coefficients": list(coefficients), "degree": degree,
             "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"],
+                        **({"pairwise": r["pairwise"]} if r.get("pairwise") else {}),
                         **({"steps": r["steps"], "num_steps": num_steps}
                            if r.get("steps") not in (None, list(range(len(r["rel_l1"])))) else {})}
                        for r in runs]}
@@ -1574,9 +1651,10 @@ def profile_schedule(profile: dict, budget: int, rule: str = "reuse") -> Tuple[i
 
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
-                 setting: Optional[dict] = None, first_frame: Optional[str] = None) -> dict:
-    """Read a profile; refuse one made for another model, step count or indicator (``first_frame``), warn when
-    the setting differs."""
+                 setting: Optional[dict] = None, first_frame: Optional[str] = None,
+                 indicator: Optional[str] = None) -> dict:
+    """Read a profile; refuse one made for another model, step count or indicator (``indicator``,
+    ``first_frame``), warn when the setting differs."""
     profile = json.loads(Path(path).read_text())
     if profile.get("format") != PROFILE_FORMAT:
         raise ValueError(f"{path}: not a TeaCache profile (format {profile.get('format')!r}, "
@@ -1587,6 +1665,10 @@ def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_ste
     if num_steps is not None and profile["num_steps"] != num_steps:
         raise ValueError(f"{path}: profile made for {profile['num_steps']} steps, this run has {num_steps}; "
                          "calibrate with the same number of steps")
+    made = profile.get("indicator", INDICATORS[0])  # profiles made before the other indicators: the published one
+    if indicator is not None and made != indicator:
+        raise ValueError(f"{path}: profile traced with --teacache-indicator {made}, this run uses {indicator}; "
+                         "its coefficients and traces are of another indicator")
     made = profile.get("first_frame", "include")
     if first_frame is not None and made != first_frame:
         raise ValueError(f"{path}: profile traced with --teacache-first-frame {made}, this run uses {first_frame}; "
@@ -1687,7 +1769,7 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
         notes["calibrating"] = args.teacache_calibrate
     if args.teacache_profile:
         profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting,
-                               first_frame=config.first_frame)
+                               first_frame=config.first_frame, indicator=config.indicator)
         config = dataclasses.replace(config, coefficients=profile["coefficients"])
         notes["profile"] = str(args.teacache_profile)
         if args.teacache_speedup is not None:
@@ -1716,7 +1798,8 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
 def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, traces: List[dict],
                        setting: dict) -> None:
     """Write the profile of a --teacache-calibrate run (main rank only)."""
-    profile = make_profile(traces, transformer=transformer, setting=setting, first_frame=args.teacache_first_frame)
+    profile = make_profile(traces, transformer=transformer, setting=setting, first_frame=args.teacache_first_frame,
+                           indicator=args.teacache_indicator)
     if _is_main_rank():
         Path(args.teacache_calibrate).parent.mkdir(parents=True, exist_ok=True)
         Path(args.teacache_calibrate).write_text(json.dumps(profile, indent=1))

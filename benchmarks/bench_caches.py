@@ -639,8 +639,8 @@ def main() -> int:
                         help="held-out prompts to evaluate on (trained models; default 8, 16 in the real-like regime)")
     parser.add_argument("--paired", nargs=2, metavar="METHOD=SETTING",
                         help="with --replot: the per-prompt PSNR difference of two rows (first minus second), its mean "
-                             "with a 95%% interval, and each row's worst prompt; a bare METHOD (with --budget) is that "
-                             "method at the budget")
+                             "with a 95%% interval, and each row's worst prompt; METHOD@K is that method at a budget "
+                             "of its own (as --budget K), a bare METHOD the method at --budget")
     parser.add_argument("--budget", type=_budget, metavar="K",
                         help="with --paired: a bare METHOD's per-prompt PSNRs at K computed steps (K: a number), or "
                              "at a measured speedup (K: e.g. 2.0x), interpolated linearly between its two settings "
@@ -687,13 +687,19 @@ def main() -> int:
         if args.paired:
             found = []
             for key in args.paired:
-                if "=" not in key and args.budget is None:
-                    return _fail(f"--paired: {key} names no setting: write {key}=SETTING, or pass --budget K")
+                method, at, budget = key.partition("@")
+                try:
+                    budget = _budget(budget) if at else args.budget
+                except argparse.ArgumentTypeError as e:
+                    return _fail(f"--paired {key}: {e}")
+                if "=" not in key and budget is None:
+                    return _fail(f"--paired: {key} names no setting: write {key}=SETTING or {key}@K, or pass "
+                                 "--budget K")
                 row = (next((r for r in rows if f"{r['method']}={r['setting']}" == key), None) if "=" in key
-                       else at_budget(rows, key, args.budget))
+                       else at_budget(rows, method, budget))
                 if row is None or not row.get("psnr_prompts"):
-                    return _fail(f"--paired: no row with per-prompt PSNRs for {key}"
-                                 + ("" if "=" in key else f" on both sides of {_budget_text(args.budget)}"))
+                    return _fail(f"--paired: no row with per-prompt PSNRs for {method}"
+                                 + ("" if "=" in key else f" on both sides of {_budget_text(budget)}"))
                 found.append(row)
             print(paired(*found))
             return 0
@@ -922,10 +928,11 @@ def at_budget(rows, method: str, budget: tuple):
     are interpolated linearly in that quantity (its mean over the prompts, as the CSV holds it) between the
     method's two settings nearest around the budget (an exact setting if one has it); None where the rows do not
     reach the budget on both sides. Finite PSNRs only (a setting that skipped nothing on some prompt cannot be
-    interpolated)."""
+    interpolated); a setting found in several CSVs counts once, as the last of them has it."""
     axis, value = budget
-    usable = sorted((float(r[axis]), r) for r in rows if r["method"] == method and r.get("psnr_prompts")
-                    and all(math.isfinite(float(v)) for v in r["psnr_prompts"].split(";")))
+    latest = {r["setting"]: r for r in rows if r["method"] == method}  # a setting in several CSVs: the last one's
+    usable = sorted(((float(r[axis]), r) for r in latest.values() if r.get("psnr_prompts")
+                     and all(math.isfinite(float(v)) for v in r["psnr_prompts"].split(";"))), key=lambda x: x[0])
     budget = value
     below = [(c, r) for c, r in usable if c <= budget]
     above = [(c, r) for c, r in usable if c >= budget]

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Which sampling setting of the second shipped model (HunyuanVideo 1.5's transformer) reproduces the real
-HunyuanVideo's published relations: the plain sampler at 25 of 50 steps, and the published rule at 0.1, each
-against the 50-step clip, for each classifier-free guidance scale and shift given (16 held-out prompts, seeds
-5000-5015: not the benchmark's). Prints one line per setting (mean and worst prompt).
+"""Which sampling setting of a shipped model reproduces the real HunyuanVideo's published relations: the plain
+sampler at 25 of 50 steps, and the published rule at 0.1, each against the 50-step clip, for each classifier-free
+guidance scale and shift given (16 held-out prompts, seeds 5000-5015: not the benchmark's). Prints one line per
+setting (mean and worst prompt). The second model (HunyuanVideo 1.5's transformer) by default; ``--model trained``
+the first (HunyuanVideo's).
 
     python3 benchmarks/study_regime.py 12,3 20,3 12,7     # CFG,SHIFT pairs
+    python3 benchmarks/study_regime.py --model trained 3,3 8,3 20,3
 """
 
 import os
@@ -18,14 +20,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import teacache_sample_video as tc  # noqa: E402
-from tinyhv import metrics, scenes  # noqa: E402
-from tinyhv.model import TinyHunyuanVideo15  # noqa: E402
+from tinyhv import data, metrics, scenes  # noqa: E402
+from tinyhv.model import TinyHunyuanVideo, TinyHunyuanVideo15  # noqa: E402
 
 
-def main(settings) -> int:
-    model = TinyHunyuanVideo15.from_pretrained()
-    _, held_out = scenes.split()
-    runs = [(held_out[(i * 37 + 11) % len(held_out)].prompt, 5000 + i) for i in range(16)]
+def main(settings, trained: bool = False) -> int:
+    model = (TinyHunyuanVideo if trained else TinyHunyuanVideo15).from_pretrained()
+    _, held_out = (data if trained else scenes).split()
+    stride = 5 if trained else 37  # coprime with the held-out combinations' count: no repeats
+    runs = [(held_out[(i * stride + 11) % len(held_out)].prompt, 5000 + i) for i in range(16)]
     for cfg, shift in settings:
         start, half, rule, computed = time.time(), [], [], []
 
@@ -49,9 +52,12 @@ def main(settings) -> int:
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    trained = args[:2] == ["--model", "trained"]
+    args = args[2:] if trained or args[:2] == ["--model", "scenes"] else args
     try:
-        pairs = [tuple(float(v) for v in arg.split(",")) for arg in sys.argv[1:]]
+        pairs = [tuple(float(v) for v in arg.split(",")) for arg in args]
         assert pairs and all(len(p) == 2 for p in pairs)
     except (ValueError, AssertionError):
-        sys.exit(f"usage: {Path(__file__).name} CFG,SHIFT [CFG,SHIFT ...]")
-    sys.exit(main(pairs))
+        sys.exit(f"usage: {Path(__file__).name} [--model trained|scenes] CFG,SHIFT [CFG,SHIFT ...]")
+    sys.exit(main(pairs, trained))

@@ -312,7 +312,8 @@ def _warn_published(run: Run, config) -> None:
 
 def _apply_profile(run: Run, config, notes: dict, name: str, speedup: float, chosen: dict):
     path = _profile_path(name)
-    profile = tc.load_profile(path, num_steps=run.num_steps, setting=run.setting, first_frame=config.first_frame)
+    profile = tc.load_profile(path, num_steps=run.num_steps, setting=run.setting, first_frame=config.first_frame,
+                              indicator=config.indicator)
     if profile["model"] != run.identity:
         raise ValueError(f"TeaCache profile {name} was recorded for {profile['model']}, this model is "
                          f"{run.identity}: record one for this model with TeaCacheCalibrateHunyuanVideo")
@@ -394,7 +395,8 @@ def _previous_traces(path: Path, run: Run, first_frame: str) -> list:
                          f"({profile.get('model')}, {profile.get('num_steps')} steps); this run: {run.identity}, "
                          f"{run.num_steps} steps. Choose another profile_name.")
     return [{"num_steps": profile["num_steps"], "rel_l1": t["rel_l1"], "residual_rel_l1": t["residual_rel_l1"],
-             "steps": t.get("steps", list(range(len(t["rel_l1"]))))} for t in profile["traces"]]
+             "steps": t.get("steps", list(range(len(t["rel_l1"])))),
+             **({"pairwise": t["pairwise"]} if "pairwise" in t else {})} for t in profile["traces"]]
 
 
 def _record(path: Path, run: Run, traces: list, first_frame: str) -> None:

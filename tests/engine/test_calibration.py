@@ -110,6 +110,76 @@ def test_replay_equals_the_live_decisions_on_the_same_trace():
     assert tc.replay(s["rel_l1"], cache.config) == s["computed_steps"]
 
 
+RATE_INDICATORS = [i for i in tc.INDICATORS if i != "modulated-input"]
+
+
+def _recorded_calls(model, indicator):
+    """A traced uncached run with ``indicator``: its stats and the transformer's inputs at each call."""
+    calls = []
+    cache = tc.enable_teacache(model, 0.0, indicator=indicator, trace=True, num_steps=STEPS)
+    x, txt = make_inputs()
+
+    def recording(x, t, text_states=None):
+        calls.append((x, t))
+        return model(x, t, text_states=text_states)
+
+    sample(recording, x, txt, STEPS)
+    stats = cache.stats()
+    cache.disable()
+    return stats, calls, txt
+
+
+@pytest.mark.parametrize("indicator", RATE_INDICATORS)
+def test_pairwise_replay_takes_the_decisions_of_a_cached_run(indicator):
+    # a cached run fed the traced run's inputs (so that its calls see the same tensors): the replay on the traced
+    # run's pairwise distances takes its decisions; the one-step trace alone does not know them
+    model = FakeHunyuanTransformer()
+    traced, calls, txt = _recorded_calls(model, indicator)
+    pairwise = traced["pairwise"]
+    assert pairwise["indicator"] == indicator and [len(row) for row in pairwise["a"]] == list(range(STEPS))
+    one_step_differs = False
+    for thresh in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
+        cache = tc.enable_teacache(model, thresh, indicator=indicator, num_steps=STEPS)
+        for x, t in calls:
+            model(x, t, text_states=txt)
+        live = cache.stats()["computed_steps"]
+        cache.disable()
+        config = tc.TeaCacheConfig(thresh, indicator=indicator)
+        assert tc.replay(traced["rel_l1"], config, pairwise=pairwise) == live, thresh
+        one_step_differs |= tc.replay(traced["rel_l1"], config) != live
+    assert one_step_differs
+    with pytest.raises(ValueError, match="cannot replay"):
+        tc.replay(traced["rel_l1"], tc.TeaCacheConfig(0.1), pairwise=pairwise)
+
+
+@pytest.mark.parametrize("indicator", RATE_INDICATORS)
+def test_a_profile_keeps_the_pairwise_trace_and_its_indicator(indicator, tmp_path):
+    model = FakeHunyuanTransformer()
+    traced, calls, txt = _recorded_calls(model, indicator)
+    profile = tc.make_profile([traced], transformer=model, setting={}, indicator=indicator)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    loaded = tc.load_profile(path, transformer=model, num_steps=STEPS, indicator=indicator)
+    assert loaded["indicator"] == indicator and loaded["traces"][0]["pairwise"]["indicator"] == indicator
+    with pytest.raises(ValueError, match=f"traced with --teacache-indicator {indicator}, this run uses "
+                                         "modulated-input"):
+        tc.load_profile(path, transformer=model, num_steps=STEPS, indicator="modulated-input")
+    # the target speedup on it: the threshold it picks computes the predicted calls in the cached run
+    config = tc.TeaCacheConfig(indicator=indicator)
+    thresh, predicted = tc.threshold_for_speedup(loaded["traces"], 2.0, config)
+    cache = tc.enable_teacache(model, thresh, indicator=indicator, num_steps=STEPS)
+    for x, t in calls:
+        model(x, t, text_states=txt)
+    assert len(cache.stats()["computed_steps"]) == predicted and abs(predicted - STEPS / 2) <= 3
+
+
+def test_a_published_indicator_trace_has_no_pairwise_distances():
+    _, cache, _ = traced_run()
+    assert "pairwise" not in cache.stats()
+    profile = tc.make_profile([cache.stats()], transformer=FakeHunyuanTransformer(), setting={})
+    assert profile["indicator"] == "modulated-input" and "pairwise" not in profile["traces"][0]
+
+
 # -- control ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("warmup,cap", [(5, None), (1, 1), (4, 2), (1, 0)])

@@ -121,6 +121,41 @@ def test_bench_caches_refuses_to_replace_results_unless_asked(bench_caches, tmp_
         bench_caches("--model", "random", "--out", out, "--overwrite")
 
 
+def _rows_csv(path, rows):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "setting", "computed", "steps", "speedup", "psnr",
+                                               "psnr_prompts"])
+        writer.writeheader()
+        for method, setting, computed, speedup, prompts in rows:
+            writer.writerow(dict(method=method, setting=setting, computed=computed, steps=50, speedup=speedup,
+                                 psnr=sum(prompts) / len(prompts), psnr_prompts=";".join(map(str, prompts))))
+    return path
+
+
+def test_bench_caches_paired_at_a_budget_interpolates_each_prompt(bench_caches, tmp_path, capsys):
+    table = _rows_csv(tmp_path / "t.csv", [
+        ("a", 0.3, 20, 2.4, [20.0, 10.0]), ("a", 0.2, 24, 2.0, [24.0, 18.0]), ("a", 0.1, 30, 1.6, [30.0, 25.0]),
+        ("b", 0.3, 21, 2.2, [19.0, 12.0]), ("b", 0.2, 23, 2.1, [21.0, 14.0]), ("b", 0.1, 22, 1.8, [float("inf"), 0])])
+    # a at 22 computed: halfway between 20 and 24 -> (22, 14); b: the inf row is left out -> between 21 and 23 (20, 13)
+    assert bench_caches("--replot", table, "--budget", "22", "--paired", "a", "b") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("a 0.3..0.2 (22.0 computed) - b 0.3..0.2 (22.0 computed): +1.50 ± ")
+    assert "ahead on 2; worst prompt 14.00 against 13.00 dB" in out
+    # an exact setting, a named row against a budget, a measured speedup (a at 2.2x: halfway between 2.4x and 2.0x)
+    assert bench_caches("--replot", table, "--budget", "24", "--paired", "a", "b=0.3") == 0
+    assert capsys.readouterr().out.startswith("a 0.2 (24.0 computed) - b 0.3 (21.0 computed): +5.50 ± ")
+    assert bench_caches("--replot", table, "--budget", "2.2x", "--paired", "a", "b") == 0
+    assert capsys.readouterr().out.startswith("a 0.2..0.3 at 2.2x (22.0 computed) - b 0.3 at 2.2x (21.0 computed): +2.50")
+    # a budget outside a method's settings, a bare method without a budget, a bad budget: one line each
+    assert bench_caches("--replot", table, "--budget", "31", "--paired", "a", "b") == 2
+    assert capsys.readouterr().err.strip().endswith("no row with per-prompt PSNRs for a on both sides of 31 computed steps")
+    assert bench_caches("--replot", table, "--paired", "a", "b=0.3") == 2
+    assert "pass --budget K" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_caches("--replot", table, "--budget", "fast", "--paired", "a", "b")
+    assert "a measured speedup (2.0x), got 'fast'" in capsys.readouterr().err
+
+
 # -- tinyhv.evaluate ------------------------------------------------------------ #
 
 def _evaluate(*args):
