@@ -86,10 +86,10 @@ COMFY_THRESHOLDS = [0.025, 0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5]
 CACHE_DIT_FNBN = [(1, 0), (1, 1)]
 CACHE_DIT_METHODS = ("cachedit-dbcache", "cachedit-dbcache-taylorseer", "cachedit-dbprune")
 
-#: The trained models' sampling regimes: classifier-free guidance scale (None: the model's own). "real-like":
-#: where the second model reproduces the real HunyuanVideo's published relations (``relations``; the setting was
-#: chosen with ``benchmarks/study_regime.py``, see docs/fidelity.md)
-REGIMES = {"shipped": None, "real-like": 20.0}
+#: The trained models' sampling regimes: each model's classifier-free guidance scale (None: the model's own).
+#: "real-like": where the model reproduces the real HunyuanVideo's published relations (``relations``; each
+#: setting was chosen with ``benchmarks/study_regime.py``, see docs/fidelity.md)
+REGIMES = {"shipped": {"trained": None, "scenes": None}, "real-like": {"trained": 16.0, "scenes": 20.0}}
 #: Computed steps (of 50; scaled to --steps) of the searched schedules
 SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 #: TeaCache's rules deciding on the transformation rate (``indicator="transformation-rate"``)
@@ -633,7 +633,8 @@ def main() -> int:
                              "(HunyuanVideo 1.5's); random: a mid-size random-weight HunyuanVideo transformer")
     parser.add_argument("--regime", choices=list(REGIMES), default="shipped",
                         help="the trained models' sampling: 'shipped' (their own setting), or 'real-like' "
-                             f"(classifier-free guidance {REGIMES['real-like']}: the relations of the real model, "
+                             f"(classifier-free guidance {REGIMES['real-like']['trained']:g} on the first model, "
+                             f"{REGIMES['real-like']['scenes']:g} on the second: the relations of the real model, "
                              "see docs/fidelity.md)")
     parser.add_argument("--prompts", type=int, default=None,
                         help="held-out prompts to evaluate on (trained models; default 8, 16 in the real-like regime)")
@@ -740,7 +741,7 @@ def main() -> int:
         only[method] = set(values.split(","))
     torch.manual_seed(0)
     subject = Random(args.steps) if args.model == "random" else Trained(
-        args.steps, "shapes" if args.model == "trained" else "scenes", cfg_scale=REGIMES[args.regime],
+        args.steps, "shapes" if args.model == "trained" else "scenes", cfg_scale=REGIMES[args.regime][args.model],
         prompts=args.prompts or (8 if args.regime == "shipped" else 16))
     counters = {(1, "query"): computed_counter(subject.transformer)}
     blocks_run, n_blocks = block_counter(subject.transformer)

@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     subject = bench_caches.Trained(args.steps, "shapes" if args.model == "trained" else "scenes",
-                                   cfg_scale=bench_caches.REGIMES[args.regime], prompts=args.prompts)
+                                   cfg_scale=bench_caches.REGIMES[args.regime][args.model], prompts=args.prompts)
     ratios = np.mean([magnitude_ratios(record(subject, run)) for run in subject.calib_runs], axis=0)
     per_prompt = [signals(record(subject, run), ratios) for run in subject.eval_runs]
     errors = np.array([p["error"] for p in per_prompt])  # (prompts, steps)
