@@ -95,7 +95,10 @@ SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 #: TeaCache's rules deciding on the transformation rate (``indicator="transformation-rate"``)
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
 
-STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES)}
+STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
+           *(f"fbres-{rule}" for rule in tc.RULES)}
+#: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
+FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
 
 class Steps(int):
@@ -523,6 +526,9 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # deciding on the first block's residual times its learnt rate, each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"fbrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-rate", rule=rule)
+    for rule in tc.RULES:  # FirstBlockCache's signal (not accumulated) in the engine, each rule
+        for thresh in pick(FBCACHE_THRESHOLDS):
+            yield f"fbres-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-residual", rule=rule)
     for rule in tc.RULES:  # searched schedules (on the calibration runs, per rule): the limit of step placement
         for budget in pick(sorted({max(2, round(b * steps / 50)) for b in SEARCH_BUDGETS})):
             if budget < steps:
@@ -535,7 +541,7 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # HunyuanVideo-1.5's fixed schedule, with each rule
         for interval in SCHEDULE_INTERVALS:
             yield f"schedule-{rule}", f"{start}/{end}/{interval}", dict(schedule=(start, end, interval), rule=rule)
-    for thresh in pick([0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]):  # random weights need the large ones to skip
+    for thresh in pick(FBCACHE_THRESHOLDS):
         yield "diffusers-fbcache", thresh, FirstBlockCacheConfig(threshold=thresh)
     for thresh in pick([0.02, 0.06, 0.12, 0.24, 0.36, 0.5]):
         yield "diffusers-magcache", thresh, MagCacheConfig(threshold=thresh, num_inference_steps=steps,

@@ -42,11 +42,11 @@ def run(options, rank=None, process_group=None):
     inside (0, 1) and differ between shards (only the reduced sums give every rank the same gains). Returns the
     report and the final latents (Euler) or the mean output over the steps (curved)."""
     options = dict(options)
-    curved, tokens = options.pop("curved", False), options.pop("tokens", 24)
+    curved, tokens, thresh = options.pop("curved", False), options.pop("tokens", 24), options.pop("thresh", THRESH)
     model = FakeHunyuanTransformer()
     x, txt = make_inputs(img_tokens=tokens)
     shard = (lambda a: a) if rank is None else (lambda a: a.chunk(WORLD, dim=1)[rank])
-    cache = tc.enable_teacache(model, THRESH, num_steps=STEPS, process_group=process_group, **options)
+    cache = tc.enable_teacache(model, thresh, num_steps=STEPS, process_group=process_group, **options)
     if curved:
         v, w = (shard(make_inputs(img_tokens=tokens, seed=s)[0]) for s in (1, 2))
         out = torch.stack([model(shard(x) + u * v + u * u * w, t.expand(x.shape[0]), text_states=txt)["x"]
@@ -101,6 +101,18 @@ def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, t
         assert ref["gains"] and all(0 < g < 1 for g in ref["gains"])  # real fits, not clipped values
         assert r0["gains"] == r1["gains"] == pytest.approx(ref["gains"], rel=1e-5)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("indicator", ["transformation-rate", "first-block-rate"])
+def test_ranks_record_the_single_process_pairwise_distances(indicator, tmp_path):
+    # a calibration trace (threshold 0): the distances that replay the rate indicators exactly are reduced too
+    options = dict(indicator=indicator, tokens=32, trace=True, thresh=0.0)
+    (r0, r1), _ = _run("reduced", tmp_path, options)
+    ref, _ = run(options)
+    assert r0["pairwise"] == r1["pairwise"] and len(ref["pairwise"]["a"]) == STEPS
+    for key in ("a", "b", "a_norm", "b_norm"):
+        flat = lambda rows: [v for row in rows for v in (row if isinstance(row, list) else [row])]  # noqa: E731
+        assert flat(r0["pairwise"][key]) == pytest.approx(flat(ref["pairwise"][key]), rel=1e-5)
 
 
 def test_without_reduction_ranks_measure_different_changes(tmp_path):
