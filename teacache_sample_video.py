@@ -353,8 +353,8 @@ class TeaCacheConfig:
              "'transformation-rate', the output change that the input's change predicts at the rate learnt at "
              "computed steps (EasyCache's signal); 'first-block-residual', the first block's residual change "
              "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined. The last three "
-             "need no coefficients. For I2V and 1.5 (no published coefficients) the benchmark recommends "
-             "'transformation-rate' with --teacache-rule fitted: docs/fidelity.md."))
+             "need no coefficients. Where none are published the benchmark recommends, with --teacache-rule fitted, "
+             "'transformation-rate' for 1.5 and 'first-block-residual' for I2V: docs/fidelity.md."))
     first_frame: str = field(default="include", metadata=_flag(
         "--teacache-first-frame", choices=FIRST_FRAME,
         help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
@@ -1463,9 +1463,12 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-#: The setting the fidelity benchmark recommends where no coefficients are published (docs/fidelity.md)
-RECOMMENDED = ("Recommended there (no coefficients needed): --teacache-indicator transformation-rate --teacache-rule "
-               "fitted --rel-l1-thresh 0.2 (docs/fidelity.md)")
+#: The settings the fidelity benchmark recommends where no coefficients are published (docs/fidelity.md), for
+#: 1.5's architecture (its second trained model) and HunyuanVideo's (image-to-video; its first)
+RECOMMENDED = {"1.5": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
+                      "--teacache-rule fitted --rel-l1-thresh 0.2 (docs/fidelity.md)",
+               "1.0": "Recommended there (no coefficients needed): --teacache-indicator first-block-residual "
+                      "--teacache-rule fitted --rel-l1-thresh 0.1 (docs/fidelity.md)"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -1531,11 +1534,13 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
             and config.enabled and INDICATORS_BY_NAME[config.indicator].published_scale:
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
-                       f"using HunyuanVideo 1.0's text-to-video ones. {RECOMMENDED}, or calibrate: "
+                       f"using HunyuanVideo 1.0's text-to-video ones. "
+                       f"{RECOMMENDED.get(spec.version, RECOMMENDED['1.5'])}, or calibrate: "
                        "--teacache-calibrate profile.json, then --teacache-profile profile.json")
         elif condition:
             _warn_once(f"TeaCache: no coefficients are published for image-to-video ({condition}); using the "
-                       f"text-to-video ones. {RECOMMENDED}, or calibrate on your own images: --teacache-calibrate "
+                       f"text-to-video ones. {RECOMMENDED.get(spec.version, RECOMMENDED['1.0'])}, or calibrate on "
+                       "your own images: --teacache-calibrate "
                        "profile.json, then --teacache-profile profile.json")
     cache = TeaCache(transformer, spec, config, _reducer(process_group), adapter)
     transformer._teacache = cache

@@ -649,8 +649,9 @@ def main() -> int:
                              "with a 95%% interval, and each row's worst prompt; METHOD@K is that method at a budget "
                              "of its own (as --budget K), a bare METHOD the method at --budget")
     parser.add_argument("--budget", type=_budget, metavar="K",
-                        help="with --paired: a bare METHOD's per-prompt PSNRs at K computed steps (K: a number), or "
-                             "at a measured speedup (K: e.g. 2.0x), interpolated linearly between its two settings "
+                        help="with --paired: a bare METHOD's per-prompt PSNRs at K computed steps (K: a number), at "
+                             "a measured speedup (K: e.g. 2.0x), or at K steps' worth of blocks run (K: e.g. 22b; a "
+                             "first-block cache's probe counts), interpolated linearly between its two settings "
                              "around K")
     parser.add_argument("--relations", action="store_true",
                         help="with --replot: print the regime's relations beside the real model's published ones")
@@ -918,16 +919,22 @@ def relations(rows) -> list:
     return lines
 
 
+_BUDGET_AXES = {"x": ("speedup", "{:g}x measured"), "b": ("block_steps", "{:g} steps' worth of blocks run"),
+                "": ("computed", "{:g} computed steps")}
+
+
 def _budget(text: str) -> tuple:
-    """``--budget``: ("computed", K) for a number, ("speedup", S) for ``Sx``."""
+    """``--budget``: ("computed", K) for a number, ("speedup", S) for ``Sx``, ("block_steps", B) for ``Bb``."""
+    suffix = text[-1:] if text[-1:] in ("x", "b") else ""
     try:
-        return ("speedup", float(text[:-1])) if text.endswith("x") else ("computed", float(text))
+        return _BUDGET_AXES[suffix][0], float(text[:len(text) - len(suffix)])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected computed steps (22) or a measured speedup (2.0x), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected computed steps (22), a measured speedup (2.0x) or steps' worth "
+                                         f"of blocks run (22b), got {text!r}")
 
 
 def _budget_text(budget: tuple) -> str:
-    return f"{budget[1]:g}x measured" if budget[0] == "speedup" else f"{budget[1]:g} computed steps"
+    return next(text for axis, text in _BUDGET_AXES.values() if axis == budget[0]).format(budget[1])
 
 
 def at_budget(rows, method: str, budget: tuple):
@@ -950,7 +957,8 @@ def at_budget(rows, method: str, budget: tuple):
     p0, p1 = ([float(v) for v in r["psnr_prompts"].split(";")] for r in (r0, r1))
     setting = r0["setting"] if c1 == c0 else f"{r0['setting']}..{r1['setting']}"
     computed = (1 - w) * float(r0["computed"]) + w * float(r1["computed"])
-    return dict(method=method, setting=setting + (f" at {value:g}x" if axis == "speedup" else ""),
+    return dict(method=method, setting=setting + {"speedup": f" at {value:g}x", "block_steps": f" at {value:g}b",
+                                                  "computed": ""}[axis],
                 computed=computed, psnr_prompts=";".join(f"{(1 - w) * a + w * b:.3f}" for a, b in zip(p0, p1)))
 
 

@@ -123,12 +123,13 @@ def test_bench_caches_refuses_to_replace_results_unless_asked(bench_caches, tmp_
 
 def _rows_csv(path, rows):
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "setting", "computed", "steps", "speedup", "psnr",
-                                               "psnr_prompts"])
+        writer = csv.DictWriter(f, fieldnames=["method", "setting", "computed", "steps", "block_steps", "speedup",
+                                               "psnr", "psnr_prompts"])
         writer.writeheader()
-        for method, setting, computed, speedup, prompts in rows:
+        for method, setting, computed, speedup, prompts in rows:  # a first-block cache: 4 more steps of blocks
             writer.writerow(dict(method=method, setting=setting, computed=computed, steps=50, speedup=speedup,
-                                 psnr=sum(prompts) / len(prompts), psnr_prompts=";".join(map(str, prompts))))
+                                 block_steps=computed + (4 if method == "b" else 0), psnr=sum(prompts) / len(prompts),
+                                 psnr_prompts=";".join(map(str, prompts))))
     return path
 
 
@@ -146,6 +147,9 @@ def test_bench_caches_paired_at_a_budget_interpolates_each_prompt(bench_caches, 
     assert capsys.readouterr().out.startswith("a 0.2 (24.0 computed) - b 0.3 (21.0 computed): +5.50 ± ")
     assert bench_caches("--replot", table, "--budget", "2.2x", "--paired", "a", "b") == 0
     assert capsys.readouterr().out.startswith("a 0.2..0.3 at 2.2x (22.0 computed) - b 0.3 at 2.2x (21.0 computed): +2.50")
+    # at 25 steps' worth of blocks run: a at 25 computed (24..30), b's rows at 25 and 27 blocks -> its 0.3 row
+    assert bench_caches("--replot", table, "--budget", "25b", "--paired", "a", "b") == 0
+    assert capsys.readouterr().out.startswith("a 0.2..0.1 at 25b (25.0 computed) - b 0.3 at 25b (21.0 computed): +6.58")
     # a budget outside a method's settings, a bare method without a budget, a bad budget: one line each
     assert bench_caches("--replot", table, "--budget", "31", "--paired", "a", "b") == 2
     assert capsys.readouterr().err.strip().endswith("no row with per-prompt PSNRs for a on both sides of 31 computed steps")
@@ -153,7 +157,7 @@ def test_bench_caches_paired_at_a_budget_interpolates_each_prompt(bench_caches, 
     assert "pass --budget K" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench_caches("--replot", table, "--budget", "fast", "--paired", "a", "b")
-    assert "a measured speedup (2.0x), got 'fast'" in capsys.readouterr().err
+    assert "a measured speedup (2.0x) or steps' worth of blocks run (22b), got 'fast'" in capsys.readouterr().err
 
 
 # -- tinyhv.evaluate ------------------------------------------------------------ #
