@@ -1532,15 +1532,14 @@ def enable_teacache(transformer: torch.nn.Module, rel_l1_thresh: float = 0.15, *
                          f"given image); {type(transformer).__name__} has image condition {condition}")
     if config.coefficients == PUBLISHED_COEFFICIENTS and config.schedule is None and config.fixed_steps is None \
             and config.enabled and INDICATORS_BY_NAME[config.indicator].published_scale:
+        recommended = RECOMMENDED.get(spec.version, RECOMMENDED["1.0"])
         if spec.coefficients is None:
             _warn_once(f"TeaCache: no coefficients are published for HunyuanVideo {spec.version} ({spec.name}); "
-                       f"using HunyuanVideo 1.0's text-to-video ones. "
-                       f"{RECOMMENDED.get(spec.version, RECOMMENDED['1.5'])}, or calibrate: "
+                       f"using HunyuanVideo 1.0's text-to-video ones. {recommended}, or calibrate: "
                        "--teacache-calibrate profile.json, then --teacache-profile profile.json")
         elif condition:
             _warn_once(f"TeaCache: no coefficients are published for image-to-video ({condition}); using the "
-                       f"text-to-video ones. {RECOMMENDED.get(spec.version, RECOMMENDED['1.0'])}, or calibrate on "
-                       "your own images: --teacache-calibrate "
+                       f"text-to-video ones. {recommended}, or calibrate on your own images: --teacache-calibrate "
                        "profile.json, then --teacache-profile profile.json")
     cache = TeaCache(transformer, spec, config, _reducer(process_group), adapter)
     transformer._teacache = cache

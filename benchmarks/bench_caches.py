@@ -919,8 +919,10 @@ def relations(rows) -> list:
     return lines
 
 
+#: ``--budget``'s suffixes: the CSV column interpolated in, and how a budget reads
 _BUDGET_AXES = {"x": ("speedup", "{:g}x measured"), "b": ("block_steps", "{:g} steps' worth of blocks run"),
                 "": ("computed", "{:g} computed steps")}
+_SUFFIX = {axis: suffix for suffix, (axis, _) in _BUDGET_AXES.items()}
 
 
 def _budget(text: str) -> tuple:
@@ -934,20 +936,19 @@ def _budget(text: str) -> tuple:
 
 
 def _budget_text(budget: tuple) -> str:
-    return next(text for axis, text in _BUDGET_AXES.values() if axis == budget[0]).format(budget[1])
+    return _BUDGET_AXES[_SUFFIX[budget[0]]][1].format(budget[1])
 
 
 def at_budget(rows, method: str, budget: tuple):
-    """``method`` at ``budget`` (``_budget``: computed steps, or measured speedup): a row whose per-prompt PSNRs
+    """``method`` at ``budget`` (``_budget``: computed steps, measured speedup or blocks run): a row whose per-prompt PSNRs
     are interpolated linearly in that quantity (its mean over the prompts, as the CSV holds it) between the
     method's two settings nearest around the budget (an exact setting if one has it); None where the rows do not
     reach the budget on both sides. Finite PSNRs only (a setting that skipped nothing on some prompt cannot be
     interpolated); a setting found in several CSVs counts once, as the last of them has it."""
-    axis, value = budget
+    axis, budget = budget
     latest = {r["setting"]: r for r in rows if r["method"] == method}  # a setting in several CSVs: the last one's
     usable = sorted(((float(r[axis]), r) for r in latest.values() if r.get("psnr_prompts")
                      and all(math.isfinite(float(v)) for v in r["psnr_prompts"].split(";"))), key=lambda x: x[0])
-    budget = value
     below = [(c, r) for c, r in usable if c <= budget]
     above = [(c, r) for c, r in usable if c >= budget]
     if not below or not above:
@@ -957,8 +958,7 @@ def at_budget(rows, method: str, budget: tuple):
     p0, p1 = ([float(v) for v in r["psnr_prompts"].split(";")] for r in (r0, r1))
     setting = r0["setting"] if c1 == c0 else f"{r0['setting']}..{r1['setting']}"
     computed = (1 - w) * float(r0["computed"]) + w * float(r1["computed"])
-    return dict(method=method, setting=setting + {"speedup": f" at {value:g}x", "block_steps": f" at {value:g}b",
-                                                  "computed": ""}[axis],
+    return dict(method=method, setting=setting + (f" at {budget:g}{_SUFFIX[axis]}" if _SUFFIX[axis] else ""),
                 computed=computed, psnr_prompts=";".join(f"{(1 - w) * a + w * b:.3f}" for a, b in zip(p0, p1)))
 
 

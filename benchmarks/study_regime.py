@@ -9,6 +9,7 @@ the first (HunyuanVideo's).
     python3 benchmarks/study_regime.py --model trained 3,3 8,3 20,3
 """
 
+import argparse
 import os
 import sys
 import time
@@ -51,13 +52,18 @@ def main(settings, trained: bool = False) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    trained = args[:2] == ["--model", "trained"]
-    args = args[2:] if trained or args[:2] == ["--model", "scenes"] else args
+def _pair(text: str) -> tuple:
     try:
-        pairs = [tuple(float(v) for v in arg.split(",")) for arg in args]
-        assert pairs and all(len(p) == 2 for p in pairs)
-    except (ValueError, AssertionError):
-        sys.exit(f"usage: {Path(__file__).name} [--model trained|scenes] CFG,SHIFT [CFG,SHIFT ...]")
-    sys.exit(main(pairs, trained))
+        cfg, shift = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CFG,SHIFT (e.g. 20,3), got {text!r}")
+    return cfg, shift
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["trained", "scenes"], default="scenes",
+                        help="trained: the first shipped model; scenes: the second (default)")
+    parser.add_argument("settings", nargs="+", type=_pair, metavar="CFG,SHIFT")
+    args = parser.parse_args()
+    sys.exit(main(args.settings, args.model == "trained"))
