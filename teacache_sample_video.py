@@ -176,6 +176,7 @@ class ModulatedInput:
     published_scale = True  # the published coefficients rescale it (other indicators: used as they are)
     probe_blocks = 0  # leading blocks that always run (their image residual is the branch's ``probe_residual``)
     accumulates = True  # False: the value itself is held against the threshold (a change since the last compute)
+    whole_call = False  # whether it can decide before the transformer call runs (``skip="call"``)
 
     def change(self, cache: "TeaCache", b: "_Branch", block, args, kwargs) -> Optional[float]:
         now = cache.adapter.modulated_input(block, args, kwargs)
@@ -205,13 +206,15 @@ class TransformationRate(ModulatedInput):
     value is the output's relative change that rate predicts, ``k |input - input_c| / |output_c|`` against the last
     computed call c. Accumulated over skipped calls it estimates the drift that reusing adds up. It sees the
     content (the input's change), not only the timestep. Statistics on every ``RATE_TOKEN_STRIDE``-th image token,
-    reduced over the sequence-parallel group; no coefficients needed (a profile may still fit some)."""
+    reduced over the sequence-parallel group; no coefficients needed (a profile may still fit some). With
+    ``skip="call"`` the same on the whole call: the latent in and the model's output (EasyCache's own place)."""
 
     name = "transformation-rate"
     published_scale = False
+    whole_call = True
 
     def change(self, cache, b, block, args, kwargs):
-        now = cache.adapter.image_in(args, kwargs)[:, ::RATE_TOKEN_STRIDE]
+        now = cache.subsample(cache.skipped_input(args, kwargs))
         cache.generation.activation_bytes = now.numel() * now.element_size() * RATE_TOKEN_STRIDE
         if b.rate is None:
             return None
@@ -220,7 +223,7 @@ class TransformationRate(ModulatedInput):
         return b.rate * moved / size if size else math.inf
 
     def observe(self, cache, b, block_input, block_output):
-        now_in, now_out = block_input[:, ::RATE_TOKEN_STRIDE], block_output[:, ::RATE_TOKEN_STRIDE]
+        now_in, now_out = cache.subsample(block_input), cache.subsample(block_output)
         if b.rate_input is not None:
             d_out, d_in = cache.sums(lambda o, po, i, pi: (torch.sub(o, po).abs_().sum(dtype=torch.float32),
                                                            torch.sub(i, pi).abs_().sum(dtype=torch.float32)),
@@ -229,7 +232,7 @@ class TransformationRate(ModulatedInput):
         b.rate_input, b.rate_output = now_in.clone(), now_out.clone()
 
     def signals(self, cache, b, block_input, block_output):
-        return block_input[:, ::RATE_TOKEN_STRIDE], block_output[:, ::RATE_TOKEN_STRIDE]
+        return cache.subsample(block_input), cache.subsample(block_output)
 
     def from_distances(self, d, i, c, c0):
         if c0 is None or not d["a"][c][c0]:  # no rate learnt yet
@@ -299,6 +302,10 @@ INDICATORS = tuple(INDICATORS_BY_NAME)
 #: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
 #: constant over the steps: it adds nothing to the change and dilutes it by its share of the tokens) or not.
 FIRST_FRAME = ("include", "exclude")
+#: What a skipped call skips: the block stack (the published place: the embedders, the text refiner and the final
+#: layer still run) or the whole transformer call (its output is the latent in plus the cached residual; only an
+#: indicator whose signal exists before the call can decide there)
+SKIPS = ("blocks", "call")
 
 
 # -- the configuration: the one source of the options ------------------------ #
@@ -355,6 +362,12 @@ class TeaCacheConfig:
              "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined. The last three "
              "need no coefficients. Where none are published the benchmark recommends, with --teacache-rule fitted, "
              "'transformation-rate' for 1.5 and 'first-block-residual' for I2V: docs/fidelity.md."))
+    skip: str = field(default=SKIPS[0], metadata=_flag(
+        "--teacache-skip", choices=SKIPS,
+        help="What a skipped step skips: the transformer 'blocks' (published; the embedders, text refiner and final "
+             "layer still run) or the whole transformer 'call' (nothing of the model runs: the output is the "
+             "latent plus the cached output-minus-latent residual; needs --teacache-indicator transformation-rate, "
+             "which then learns its rate on the call's latent and output). See docs/how-it-works.md."))
     first_frame: str = field(default="include", metadata=_flag(
         "--teacache-first-frame", choices=FIRST_FRAME,
         help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
@@ -385,9 +398,14 @@ class TeaCacheConfig:
         cap = self.max_consecutive_skips
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
             raise ValueError(f"max_consecutive_skips must be None or an int >= 0, got {cap!r}")
-        for name, allowed in (("rule", RULES), ("indicator", INDICATORS), ("first_frame", FIRST_FRAME)):
+        for name, allowed in (("rule", RULES), ("indicator", INDICATORS), ("first_frame", FIRST_FRAME),
+                              ("skip", SKIPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.skip == "call" and not INDICATORS_BY_NAME[self.indicator].whole_call:
+            able = [i.name for i in INDICATORS_BY_NAME.values() if i.whole_call]
+            raise ValueError(f"skip='call' decides before the transformer runs, which indicator {self.indicator!r} "
+                             f"cannot (its signal is computed inside the model): use indicator={able[0]!r}")
         if self.schedule is not None:
             object.__setattr__(self, "schedule", tuple(self.schedule))
             if len(self.schedule) != 3 or not all(isinstance(v, int) and v >= 0 for v in self.schedule) \
@@ -738,7 +756,9 @@ class _Branch:
     residual_at: Optional[float] = None  # timestep of that call
     older_residual: Optional[torch.Tensor] = None  # the computed call before (extrapolating rules, trace)
     older_residual_at: Optional[float] = None
-    block_input: Optional[torch.Tensor] = None  # image tokens into the stack (computed calls only)
+    block_input: Optional[torch.Tensor] = None  # what is skipped's input: the stack's image tokens, or the call's
+    # latent with skip="call" (computed calls only)
+    call_output: Optional[tuple] = None  # skip="call": the computed calls' output structure (tensor left out), dtype
     steps: List[int] = field(default_factory=list)  # the step of each call
     computed_steps: List[int] = field(default_factory=list)  # the step of each computed call
     skipped_steps: List[int] = field(default_factory=list)  # the step of each skipped call
@@ -836,6 +856,7 @@ class TeaCache:
         self.transformer, self.spec, self.config = transformer, spec, config
         self.adapter = adapter or spec.adapter(transformer)
         self.indicator = INDICATORS_BY_NAME[config.indicator]
+        self.whole_call = config.skip == "call"
         probe = self.indicator.probe_blocks
         self._reduce_sum = reduce_sum
         self.generation = _Generation()
@@ -848,8 +869,13 @@ class TeaCache:
             raise ValueError(f"indicator {config.indicator!r} runs the first {probe} block(s) at every call and "
                              f"decides at the next one, which must be of the same kind: this {spec.name} has "
                              f"{len(blocks)} block(s) starting with {[type(b).__name__ for b in blocks[:probe + 1]]}")
-        for i, block in enumerate(blocks):
-            self._wrap(block, first=i == probe, last=i == len(blocks) - 1, probe=i < probe)
+        if self.whole_call:  # the forward in place now (upstream's sequence-parallel one, if already there)
+            self._wrap(transformer, self._before_call, self._after_call)
+        for i, block in enumerate(blocks if not self.whole_call else ()):
+            before = self._probe_in if i < probe else functools.partial(self._before_blocks, block) if i == probe \
+                else functools.partial(self._skipped_block, block)
+            self._wrap(block, before, self._probe_out if i < probe else self._after_blocks if i == len(blocks) - 1
+                       else None)
         self._restore.append(transformer.register_forward_pre_hook(self._begin_call, with_kwargs=True).remove)
         self._restore.append(transformer.register_forward_hook(self._end_call).remove)
         self._restore.extend(self.adapter.attach(self))
@@ -955,10 +981,31 @@ class TeaCache:
 
     @_outside_compile
     def _before_blocks(self, block, args, kwargs):
-        """The first block's call: decide; on a skip, the stack's output (the cached residual added), else None."""
+        """The first (deciding) block's call: on a skip, the stack's output (the cached residual added), else None."""
+        with self._own_time():
+            if self._decide(self.generation.current, block, args, kwargs):
+                return None
+            b = self.generation.current
+            return self.adapter.passthrough(block, args, kwargs,
+                                            image_delta=self.config.predictor.predict(b, self.generation.timestep))
+
+    @_outside_compile
+    def _before_call(self, args, kwargs):
+        """``skip="call"``: the transformer call itself; on a skip, its output (the latent in plus the cached
+        residual, in the computed calls' structure and dtype), else None."""
+        with self._own_time():
+            if self._decide(self.generation.current, None, args, kwargs):
+                return None
+            b = self.generation.current
+            latent = self.adapter.call_input(args, kwargs)[:, :b.residual.shape[1]]
+            video = latent + self.config.predictor.predict(b, self.generation.timestep)
+            skeleton, dtype = b.call_output
+            return self.spec.rebuild(skeleton, video.to(dtype))
+
+    def _decide(self, b: _Branch, block, args, kwargs) -> bool:
+        """Whether this call computes (the indicator, the rule, the bookkeeping); a computed call keeps the input of
+        what a skip leaves out, for ``_computed``."""
         g, cfg = self.generation, self.config
-        b = g.current
-        start = time.perf_counter()
         rel_l1 = self.indicator.change(self, b, block, args, kwargs) if cfg.enabled or cfg.trace else None
         b.rel_l1.append(rel_l1)
         b.steps.append(g.step)
@@ -978,17 +1025,21 @@ class TeaCache:
         (b.computed_steps if compute else b.skipped_steps).append(g.step)
         b.skipped_in_a_row = 0 if compute else b.skipped_in_a_row + 1
         b.skipping = not compute
-        out = None
         if compute:
             if not cfg.predictor.keeps_older and not cfg.trace:
                 b.residual = None  # freed before the blocks run: never two residuals of a branch at once
             if cfg.enabled or cfg.trace:
-                b.block_input = self.adapter.image_in(args, kwargs)
-        else:
-            out = self.adapter.passthrough(block, args, kwargs, image_delta=cfg.predictor.predict(b, g.timestep))
-        g.account()
-        g.own_time_s += time.perf_counter() - start
-        return out
+                b.block_input = self.skipped_input(args, kwargs)
+        return compute
+
+    @contextlib.contextmanager
+    def _own_time(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.generation.account()
+            self.generation.own_time_s += time.perf_counter() - start
 
     @_outside_compile
     def _probe_in(self, args, kwargs):
@@ -1013,18 +1064,32 @@ class TeaCache:
     @_outside_compile
     def _after_blocks(self, output) -> None:
         """The last block's output: store the stack's residual of a computed call."""
+        b = self.generation.current
+        if b.block_input is not None:
+            with self._own_time():
+                self._computed(b, self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1]))
+
+    @_outside_compile
+    def _after_call(self, output) -> None:
+        """``skip="call"``: the output of a computed call: store its residual (output minus the latent in)."""
+        b = self.generation.current
+        if b.block_input is not None:
+            with self._own_time():
+                video = self.spec.output(output)
+                b.call_output = (self.spec.rebuild(output, None), video.dtype)
+                self._computed(b, video)
+
+    def _computed(self, b: _Branch, out: torch.Tensor) -> None:
+        """A computed call's output of what is skipped (the block stack's image tokens, or the call's video):
+        the indicator learns, the residual (``out`` minus its input; for a call, the latent's leading channels)
+        replaces the last one."""
         g = self.generation
-        b = g.current
-        if b.block_input is None:
-            return
-        start = time.perf_counter()
-        image = self.adapter.image_out(output, num_image_tokens=b.block_input.shape[1])
-        self.indicator.observe(self, b, b.block_input, image)
-        signals = self.indicator.signals(self, b, b.block_input, image) if self.config.trace else None
+        inp, b.block_input = b.block_input, None
+        self.indicator.observe(self, b, inp, out)
+        signals = self.indicator.signals(self, b, inp, out) if self.config.trace else None
         if signals is not None:
             self._trace_distances(b, *signals)
-        residual = image - b.block_input
-        b.block_input = None
+        residual = out - inp[:, :out.shape[1]]
         self.config.predictor.observe(b, residual, g.timestep, self.sums)
         if self.config.trace:
             b.residual_rel_l1.extend([None] * (len(b.rel_l1) - 1 - len(b.residual_rel_l1)))
@@ -1033,8 +1098,16 @@ class TeaCache:
         keep = self.config.predictor.keeps_older or self.config.trace
         b.older_residual, b.older_residual_at = (b.residual, b.residual_at) if keep else (None, None)
         b.residual, b.residual_at = residual, g.timestep
-        g.account()
-        g.own_time_s += time.perf_counter() - start
+
+    def skipped_input(self, args, kwargs) -> torch.Tensor:
+        """The input of what a skip leaves out, from its call's arguments: the block stack's image tokens (the
+        deciding block's call) or the transformer call's latent (``skip="call"``)."""
+        return self.adapter.call_input(args, kwargs) if self.whole_call else self.adapter.image_in(args, kwargs)
+
+    def subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """What the rate statistics see of a skipped unit's input or output: every ``RATE_TOKEN_STRIDE``-th image
+        token (B, N, D), or of a call's latent (B, C, T, H, W) every ``RATE_TOKEN_STRIDE``-th column."""
+        return x[..., ::RATE_TOKEN_STRIDE] if self.whole_call else x[:, ::RATE_TOKEN_STRIDE]
 
     def _trace_distances(self, b: _Branch, a: torch.Tensor, c: torch.Tensor) -> None:
         """Trace: the L1 distances of this call's indicator signals (subsampled) to every earlier traced call's,
@@ -1068,17 +1141,15 @@ class TeaCache:
             total = self._reduce_sum(total)
         return total.tolist()
 
-    # -- block wrappers ----------------------------------------------------- #
-    def _wrap(self, block: torch.nn.Module, first: bool, last: bool, probe: bool = False) -> None:
-        """Replace ``block.forward`` on the instance. The wrapper's own frame is left out of compilation (not what
-        it calls: the block's forward compiles as it would without the cache), the decision runs eagerly. A
-        ``probe`` block (before the deciding one, for the first-block indicators) always runs; its image residual
-        is recorded."""
-        original = block.forward
-        had_instance_forward = "forward" in vars(block)
-        before = self._probe_in if probe else functools.partial(self._before_blocks, block) if first else \
-            functools.partial(self._skipped_block, block)
-        after = self._probe_out if probe else self._after_blocks if last else None
+    # -- wrappers ----------------------------------------------------------- #
+    def _wrap(self, module: torch.nn.Module, before: Callable, after: Optional[Callable]) -> None:
+        """Replace ``module.forward`` on the instance (a block, or the transformer with ``skip="call"``): ``before``
+        returns the output of a skipped call (else None, and the forward runs), ``after`` sees a computed one's.
+        The wrapper's own frame is left out of compilation (not what it calls: the forward compiles as it would
+        without the cache), the decision runs eagerly. A probe block (before the deciding one, for the first-block
+        indicators) always runs; its image residual is recorded."""
+        original = module.forward
+        had_instance_forward = "forward" in vars(module)
 
         def forward(*args, **kwargs):
             out = before(args, kwargs)
@@ -1089,13 +1160,13 @@ class TeaCache:
                 after(out)
             return out
 
-        block.forward = torch.compiler.disable(forward, recursive=False)
+        module.forward = torch.compiler.disable(forward, recursive=False)
 
         def restore():
             if had_instance_forward:
-                block.forward = original
+                module.forward = original
             else:
-                del block.forward
+                del module.forward
 
         self._restore.append(restore)
 
@@ -1198,6 +1269,11 @@ class _Adapter:
 
     def image_out(self, output, num_image_tokens: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def call_input(self, args, kwargs) -> torch.Tensor:
+        """The transformer call's latent (B, C, T, H, W): every implementation of the family takes it first (``x``
+        or ``hidden_states``); its leading channels are the noisy video (image-to-video concatenates after them)."""
+        return _arg(args, kwargs, 0, ("x", "hidden_states"))
 
     def passthrough(self, block, args, kwargs, image_delta=None):
         """The skipped block's output: its inputs unchanged (image plus ``image_delta`` if given)."""
@@ -1405,6 +1481,15 @@ def _first_tensor(output) -> Any:
     return getattr(output, "sample", output)
 
 
+def _with_first_tensor(output, tensor) -> Any:
+    """``output`` with its video replaced by ``tensor`` (``_first_tensor``'s inverse; None takes the video out)."""
+    if isinstance(output, dict):  # Tencent's dict; diffusers' output classes are dicts too
+        return type(output)(**{**output, "x" if "x" in output else "sample": tensor})
+    if isinstance(output, (tuple, list)):
+        return type(output)([tensor, *output[1:]])
+    return tensor
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of the family as this file serves it."""
@@ -1416,6 +1501,7 @@ class ModelSpec:
     coefficients: Optional[Tuple[float, ...]] = None  # published for this model, if any
     coefficients_source: str = ""  # where the published coefficients come from
     output: Callable[[Any], Any] = _first_tensor  # how to read the model's output
+    rebuild: Callable[[Any, Any], Any] = _with_first_tensor  # and make one with another video (skip="call")
     instances: Optional[Callable[[Any], bool]] = None  # where one class serves several models: which instances
 
     def serves(self, cls: type) -> bool:
@@ -1577,11 +1663,12 @@ def model_identity(transformer: torch.nn.Module) -> dict:
 
 def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, setting: dict, degree: int = 4,
                  first_frame: str = "include", budgets: Optional[Sequence[int]] = None,
-                 indicator: str = INDICATORS[0]) -> dict:
+                 indicator: str = INDICATORS[0], skip: str = SKIPS[0]) -> dict:
     """Fit the rescale polynomial on traced uncached runs (``stats()`` of a ``trace=True`` cache, one per prompt).
 
     Pairs each call's indicator with the relative L1 change of the block stack's residual at that call.
-    ``indicator``, ``first_frame``: the indicator the traces were taken with (``TeaCacheConfig``'s). Its traces keep
+    ``indicator``, ``first_frame``, ``skip``: the indicator the traces were taken with (``TeaCacheConfig``'s; with
+    ``skip="call"`` the residual is the whole call's). Its traces keep
     the signals' pairwise distances where the indicator has them (``replay(pairwise=)``).
     Where the traces hold their residual subsamples (in the process that ran them), the profile also holds the
     searched schedules for ``budgets`` computed steps (default: every budget from 2 to the step count), per rule
@@ -1598,7 +1685,7 @@ def make_profile(traces: Sequence[dict], *, transformer: torch.nn.Module, settin
     num_steps = num_steps.pop()
     return {"format": PROFILE_FORMAT, "model": model_identity(transformer), "num_steps": num_steps,
             **searched_schedules(runs, num_steps, budgets),
-            "setting": setting, "indicator": indicator, "first_frame": first_frame,
+            "setting": setting, "indicator": indicator, "skip": skip, "first_frame": first_frame,
             "coefficients": list(coefficients), "degree": degree,
             "traces": [{"rel_l1": r["rel_l1"], "residual_rel_l1": r["residual_rel_l1"],
                         **({"pairwise": r["pairwise"]} if r.get("pairwise") else {}),
@@ -1656,8 +1743,8 @@ def profile_schedule(profile: dict, budget: int, rule: str = "reuse") -> Tuple[i
 
 def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_steps: Optional[int] = None,
                  setting: Optional[dict] = None, first_frame: Optional[str] = None,
-                 indicator: Optional[str] = None) -> dict:
-    """Read a profile; refuse one made for another model, step count or indicator (``indicator``,
+                 indicator: Optional[str] = None, skip: Optional[str] = None) -> dict:
+    """Read a profile; refuse one made for another model, step count or indicator (``indicator``, ``skip``,
     ``first_frame``), warn when the setting differs."""
     profile = json.loads(Path(path).read_text())
     if profile.get("format") != PROFILE_FORMAT:
@@ -1673,6 +1760,10 @@ def load_profile(path, *, transformer: Optional[torch.nn.Module] = None, num_ste
     if indicator is not None and made != indicator:
         raise ValueError(f"{path}: profile traced with --teacache-indicator {made}, this run uses {indicator}; "
                          "its coefficients and traces are of another indicator")
+    made = profile.get("skip", SKIPS[0])
+    if skip is not None and made != skip:
+        raise ValueError(f"{path}: profile traced with --teacache-skip {made}, this run uses {skip}; its residuals "
+                         "and traces are of another part of the model")
     made = profile.get("first_frame", "include")
     if first_frame is not None and made != first_frame:
         raise ValueError(f"{path}: profile traced with --teacache-first-frame {made}, this run uses {first_frame}; "
@@ -1742,6 +1833,10 @@ def _check_teacache_args(parser: argparse.ArgumentParser, args: argparse.Namespa
                      "--teacache-speedup")
     if args.teacache_schedule and args.teacache_schedule[2] < 1:
         parser.error("--teacache-schedule: INTERVAL must be >= 1")
+    if args.teacache_skip == "call" and not INDICATORS_BY_NAME[args.teacache_indicator].whole_call:
+        able = " or ".join(i.name for i in INDICATORS_BY_NAME.values() if i.whole_call)
+        parser.error(f"--teacache-skip call decides before the transformer runs: it needs --teacache-indicator "
+                     f"{able} (--teacache-indicator {args.teacache_indicator} is computed inside the model)")
     if args.teacache_steps:
         try:
             TeaCacheConfig(fixed_steps=args.teacache_steps)
@@ -1773,7 +1868,7 @@ def cache_from_args(args: argparse.Namespace, transformer: torch.nn.Module, num_
         notes["calibrating"] = args.teacache_calibrate
     if args.teacache_profile:
         profile = load_profile(args.teacache_profile, transformer=transformer, num_steps=num_steps, setting=setting,
-                               first_frame=config.first_frame, indicator=config.indicator)
+                               first_frame=config.first_frame, indicator=config.indicator, skip=config.skip)
         config = dataclasses.replace(config, coefficients=profile["coefficients"])
         notes["profile"] = str(args.teacache_profile)
         if args.teacache_speedup is not None:
@@ -1803,7 +1898,7 @@ def finish_calibration(args: argparse.Namespace, transformer: torch.nn.Module, t
                        setting: dict) -> None:
     """Write the profile of a --teacache-calibrate run (main rank only)."""
     profile = make_profile(traces, transformer=transformer, setting=setting, first_frame=args.teacache_first_frame,
-                           indicator=args.teacache_indicator)
+                           indicator=args.teacache_indicator, skip=args.teacache_skip)
     if _is_main_rank():
         Path(args.teacache_calibrate).parent.mkdir(parents=True, exist_ok=True)
         Path(args.teacache_calibrate).write_text(json.dumps(profile, indent=1))

@@ -96,7 +96,7 @@ SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
 
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
-           *(f"fbres-{rule}" for rule in tc.RULES)}
+           *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES)}
 #: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
 FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
@@ -523,6 +523,10 @@ def methods(subject, profile, mag_ratios, quick):
     for rule in tc.RULES:  # deciding on the transformation rate (EasyCache's signal), each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"rate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule)
+    for rule in tc.RULES:  # the same on the whole transformer call (skip="call": nothing of the model runs)
+        for thresh in pick(RATE_THRESHOLDS):
+            yield f"callrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule,
+                                                   skip="call")
     for rule in tc.RULES:  # deciding on the first block's residual times its learnt rate, each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"fbrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-rate", rule=rule)

@@ -240,6 +240,10 @@ class TeaCacheHunyuanVideo:
                                                         "overrides rel_l1_thresh"}),
                 "rule": (list(tc.RULES), {"default": tc.RULES[0]}),
                 "indicator": (list(tc.INDICATORS), {"default": tc.INDICATORS[0]}),
+                "skip": (list(tc.SKIPS), {"default": tc.SKIPS[0],
+                                          "tooltip": "what a skipped step skips: the transformer blocks "
+                                                     "(published) or the whole model call (needs indicator "
+                                                     "transformation-rate)"}),
                 "profile": ([PUBLISHED] + profile_names(), {"default": PUBLISHED,
                                                             "tooltip": "coefficients: the published "
                                                                        "text-to-video ones, or a calibration "
@@ -254,9 +258,10 @@ class TeaCacheHunyuanVideo:
         }
 
     def patch(self, model, rel_l1_thresh, target_speedup=0.0, rule=None, indicator=None, profile=PUBLISHED,
-              warmup_steps=1, max_consecutive_skips=-1, first_frame="include"):
+              warmup_steps=1, max_consecutive_skips=-1, first_frame="include", skip=None):
         options = dict(rel_l1_thresh=float(rel_l1_thresh), rule=rule or tc.RULES[0],
-                       indicator=indicator or tc.INDICATORS[0], warmup_steps=int(warmup_steps),
+                       indicator=indicator or tc.INDICATORS[0], skip=skip or tc.SKIPS[0],
+                       warmup_steps=int(warmup_steps),
                        max_consecutive_skips=None if max_consecutive_skips is None or max_consecutive_skips < 0
                        else int(max_consecutive_skips), first_frame=first_frame)
         base = tc.TeaCacheConfig(**options)  # refuses bad values now, not at sampling time
@@ -313,7 +318,7 @@ def _warn_published(run: Run, config) -> None:
 def _apply_profile(run: Run, config, notes: dict, name: str, speedup: float, chosen: dict):
     path = _profile_path(name)
     profile = tc.load_profile(path, num_steps=run.num_steps, setting=run.setting, first_frame=config.first_frame,
-                              indicator=config.indicator)
+                              indicator=config.indicator, skip=config.skip)
     if profile["model"] != run.identity:
         raise ValueError(f"TeaCache profile {name} was recorded for {profile['model']}, this model is "
                          f"{run.identity}: record one for this model with TeaCacheCalibrateHunyuanVideo")

@@ -55,7 +55,7 @@ def test_interface(env):
     assert set(c.pack.NODE_DISPLAY_NAME_MAPPINGS) == set(c.nodes)
     types = c.nodes["TeaCacheHunyuanVideo"].INPUT_TYPES()
     assert list(types["required"]) == ["model", "rel_l1_thresh"] and types["required"]["rel_l1_thresh"][0] == "FLOAT"
-    assert set(types["optional"]) == {"target_speedup", "rule", "indicator", "profile", "warmup_steps",
+    assert set(types["optional"]) == {"target_speedup", "rule", "indicator", "skip", "profile", "warmup_steps",
                                       "max_consecutive_skips", "first_frame"}
     assert all("default" in spec[1] for spec in types["optional"].values())
     assert types["optional"]["rule"][0] == list(tc.RULES) and types["optional"]["indicator"][0] == list(tc.INDICATORS)
@@ -268,17 +268,18 @@ def test_registry_metadata_and_example_workflow():
     assert set(node["inputs"]) == set(types["required"]) | set(types["optional"])
 
 
-@pytest.mark.parametrize("indicator", tc.INDICATORS)
-def test_every_indicator(env, indicator):
-    """Every decision signal the engine offers (the node lists them all): threshold 0 bit-identical, a run that
-    skips calls with batched and split guidance, nothing left on the model."""
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] + [("transformation-rate", "call")])
+def test_every_indicator(env, indicator, skip):
+    """Every decision signal the engine offers (the node lists them all), and the whole-call skip: threshold 0
+    bit-identical, a run that skips calls with batched and split guidance, nothing left on the model."""
     c = env
     model = make_model(c)
     plain, _ = run(c, model, cfg=5.0)
-    assert torch.equal(run(c, teacache(c, model, 0.0, indicator=indicator), cfg=5.0)[0], plain)
+    assert torch.equal(run(c, teacache(c, model, 0.0, indicator=indicator, skip=skip), cfg=5.0)[0], plain)
     for batch in (True, False):
-        patched = teacache(c, model, 0.3, indicator=indicator)
+        patched = teacache(c, model, 0.3, indicator=indicator, skip=skip)
         out, _ = run(c, patched, cfg=5.0, steps=12, batch_conds=batch)
         report = last_report(c, patched)
-        assert report["indicator"] == indicator and report["num_branches"] == (1 if batch else 2)
+        assert report["indicator"] == indicator and report["skip"] == skip
+        assert report["num_branches"] == (1 if batch else 2) and report["skipped_steps"]
         assert torch.isfinite(out).all() and clean(model.model.diffusion_model)

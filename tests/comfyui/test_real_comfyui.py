@@ -120,14 +120,32 @@ def test_samplers(pack, models, sampler, cfg):
     assert not torch.equal(out, plain)
 
 
-@pytest.mark.parametrize("indicator", tc.INDICATORS)
-def test_every_indicator(pack, models, indicator):
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] + [("transformation-rate", "call")])
+def test_every_indicator(pack, models, indicator, skip):
     model = models["t2v"]
     plain = sample(model, cfg=4.0, sampler="heun")
-    assert torch.equal(sample(teacache(pack, model, 0.0, indicator=indicator), cfg=4.0, sampler="heun"), plain)
-    patched = teacache(pack, model, ON, indicator=indicator)
+    assert torch.equal(sample(teacache(pack, model, 0.0, indicator=indicator, skip=skip), cfg=4.0, sampler="heun"),
+                       plain)
+    patched = teacache(pack, model, ON, indicator=indicator, skip=skip)
     out = sample(patched, cfg=4.0, sampler="heun")
-    assert report_of(patched)["indicator"] == indicator and torch.isfinite(out).all() and clean(model)
+    report = report_of(patched)
+    assert report["indicator"] == indicator and report["skip"] == skip and torch.isfinite(out).all() and clean(model)
+    assert report["skipped_steps"]
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+def test_whole_call_skip_returns_the_latent_plus_the_residual(pack, models, kind):
+    """With skip "call" a skipped call runs nothing of ComfyUI's model: no block runs, and its output has the video
+    latent's channels (I2V v1 concatenates the image latent to the model's input)."""
+    model = models[kind]
+    dm = model.model.diffusion_model
+    blocks = [0]
+    dm.double_blocks[0].register_forward_pre_hook(lambda *_: blocks.__setitem__(0, blocks[0] + 1))
+    patched = teacache(pack, model, ON, indicator="transformation-rate", skip="call", rule="fitted")
+    out = sample(patched, kind=kind, cfg=4.0)
+    report = report_of(patched)
+    assert report["skipped_steps"] and torch.isfinite(out).all()
+    assert blocks[0] == report["computed_calls"] < report["transformer_calls"]
 
 
 def test_euler_decisions_equal_reference_rule(pack, models):

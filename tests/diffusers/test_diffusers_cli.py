@@ -99,6 +99,24 @@ def test_calibrate_then_run_a_searched_schedule(pipeline_dir, tmp_path):
         run(pipeline_dir, tmp_path / "x", "--teacache-profile", str(profile), "--teacache-budget", "9")
 
 
+def test_whole_call_skip_calibrates_and_replays_its_own_profile(pipeline_dir, tmp_path):
+    """``--teacache-skip call``: the profile is traced on the call (its residuals and the rate's distances), a
+    target speedup picks a threshold on it, and a run that skips only the blocks refuses it."""
+    profile = tmp_path / "profile.json"
+    call = ["--teacache-indicator", "transformation-rate", "--teacache-skip", "call"]
+    assert run(pipeline_dir, tmp_path / "calib", *call, "--teacache-calibrate", str(profile)) == 0
+    p = json.loads(profile.read_text())
+    assert p["skip"] == "call" and p["indicator"] == "transformation-rate" and p["traces"][0]["pairwise"]
+    assert run(pipeline_dir, tmp_path / "fast", *call, "--teacache-profile", str(profile), "--teacache-speedup", "2",
+               "--teacache-rule", "fitted") == 0
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "fast").glob("*.json")]
+    assert report["skip"] == "call" and report["skipped_steps"] and report["target_speedup"] == 2.0
+    assert report["coefficients"] == p["coefficients"] and report["rel_l1_thresh"] > 0
+    with pytest.raises(ValueError, match="profile traced with --teacache-skip call, this run uses blocks"):
+        run(pipeline_dir, tmp_path / "x", "--teacache-indicator", "transformation-rate", "--teacache-profile",
+            str(profile))
+
+
 def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
     profile = tmp_path / "profile.json"
     assert run(pipeline_dir, tmp_path / "calib", "--teacache-calibrate", str(profile)) == 0
@@ -115,6 +133,7 @@ def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
     (["--teacache-schedule", "2", "10", "3", "--teacache-calibrate", "p.json"], "-schedule"),
     (["--teacache-first-frame", "drop"], "--teacache-first-frame"),
     (["--teacache-budget", "4"], "needs --teacache-profile"),
+    (["--teacache-skip", "call"], "--teacache-skip call decides before the transformer runs"),
     (["--teacache-steps", "0", "3", "3", "7"], "--teacache-steps: fixed_steps must be increasing"),
     (["--teacache-steps", "0", "7", "--teacache-speedup", "2", "--teacache-profile", "x.json"], "--teacache-speedup"),
 ])

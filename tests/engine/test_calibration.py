@@ -113,10 +113,10 @@ def test_replay_equals_the_live_decisions_on_the_same_trace():
 RATE_INDICATORS = [i for i in tc.INDICATORS if i != "modulated-input"]
 
 
-def _recorded_calls(model, indicator):
+def _recorded_calls(model, indicator, skip="blocks"):
     """A traced uncached run with ``indicator``: its stats and the transformer's inputs at each call."""
     calls = []
-    cache = tc.enable_teacache(model, 0.0, indicator=indicator, trace=True, num_steps=STEPS)
+    cache = tc.enable_teacache(model, 0.0, indicator=indicator, trace=True, num_steps=STEPS, skip=skip)
     x, txt = make_inputs()
 
     def recording(x, t, text_states=None):
@@ -129,22 +129,22 @@ def _recorded_calls(model, indicator):
     return stats, calls, txt
 
 
-@pytest.mark.parametrize("indicator", RATE_INDICATORS)
-def test_pairwise_replay_takes_the_decisions_of_a_cached_run(indicator):
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in RATE_INDICATORS] + [(RATE_INDICATORS[0], "call")])
+def test_pairwise_replay_takes_the_decisions_of_a_cached_run(indicator, skip):
     # a cached run fed the traced run's inputs (so that its calls see the same tensors): the replay on the traced
     # run's pairwise distances takes its decisions; the one-step trace alone does not know them
     model = FakeHunyuanTransformer()
-    traced, calls, txt = _recorded_calls(model, indicator)
+    traced, calls, txt = _recorded_calls(model, indicator, skip)
     pairwise = traced["pairwise"]
     assert pairwise["indicator"] == indicator and [len(row) for row in pairwise["a"]] == list(range(STEPS))
     one_step_differs = False
     for thresh in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
-        cache = tc.enable_teacache(model, thresh, indicator=indicator, num_steps=STEPS)
+        cache = tc.enable_teacache(model, thresh, indicator=indicator, num_steps=STEPS, skip=skip)
         for x, t in calls:
             model(x, t, text_states=txt)
         live = cache.stats()["computed_steps"]
         cache.disable()
-        config = tc.TeaCacheConfig(thresh, indicator=indicator)
+        config = tc.TeaCacheConfig(thresh, indicator=indicator, skip=skip)
         assert tc.replay(traced["rel_l1"], config, pairwise=pairwise) == live, thresh
         one_step_differs |= tc.replay(traced["rel_l1"], config) != live
     assert one_step_differs

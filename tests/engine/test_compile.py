@@ -34,11 +34,11 @@ def generate(call, cache, generations=2, **layers):
     return graphs, outputs, computed
 
 
-def compiled(how, cached, **layers):
+def compiled(how, cached, options=None, **layers):
     dynamo.reset()
     counters.clear()
     model = make_transformer(**layers)
-    cache = tc.enable_teacache(model, THRESH) if cached else None
+    cache = tc.enable_teacache(model, THRESH, **(options or {})) if cached else None
     backend = CompileCounterWithBackend("aot_eager")
     if how == "regional":
         for block in blocks(model):
@@ -73,6 +73,21 @@ def test_whole_model_compilation_builds_graphs_per_block_kind_not_per_block_or_s
     assert graphs[1] == graphs[0] == more_blocks[1] <= 12
     assert computed == eager[2]
     for out, ref in zip(outputs, eager[1]):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_call_skip_compiles_the_model_whole():
+    """``skip="call"``: the decision wraps the transformer's forward, outside compilation; the forward itself compiles
+    as it does without the cache (no graph break in the block loop), once for both generations; decisions and
+    outputs equal eager."""
+    call = dict(indicator="transformation-rate", skip="call", rule="fitted")
+    model = make_transformer()
+    eager_graphs, eager_outputs, eager_computed = generate(model, tc.enable_teacache(model, THRESH, **call))
+    plain_graphs, _, _ = compiled("whole", cached=False)
+    graphs, outputs, computed = compiled("whole", cached=True, options=call)
+    assert graphs[1] == graphs[0] == plain_graphs[0]
+    assert computed == eager_computed and len(computed[0]) < STEPS
+    for out, ref in zip(outputs, eager_outputs):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
