@@ -361,7 +361,8 @@ class TeaCacheConfig:
              "computed steps (EasyCache's signal); 'first-block-residual', the first block's residual change "
              "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined. The last three "
              "need no coefficients. Where none are published the benchmark recommends, with --teacache-rule fitted, "
-             "'transformation-rate' for 1.5 and 'first-block-residual' for I2V: docs/fidelity.md."))
+             "'transformation-rate' for 1.5 and 'transformation-rate' with --teacache-skip call for I2V: "
+             "docs/fidelity.md."))
     skip: str = field(default=SKIPS[0], metadata=_flag(
         "--teacache-skip", choices=SKIPS,
         help="What a skipped step skips: the transformer 'blocks' (published; the embedders, text refiner and final "
@@ -1553,8 +1554,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 #: 1.5's architecture (its second trained model) and HunyuanVideo's (image-to-video; its first)
 RECOMMENDED = {"1.5": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
                       "--teacache-rule fitted --rel-l1-thresh 0.2 (docs/fidelity.md)",
-               "1.0": "Recommended there (no coefficients needed): --teacache-indicator first-block-residual "
-                      "--teacache-rule fitted --rel-l1-thresh 0.1 (docs/fidelity.md)"}
+               "1.0": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
+                      "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.05 (docs/fidelity.md)"}
 
 
 @functools.lru_cache(maxsize=None)

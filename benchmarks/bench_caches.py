@@ -94,9 +94,12 @@ REGIMES = {"shipped": {"trained": None, "scenes": None}, "real-like": {"trained"
 SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 #: TeaCache's rules deciding on the transformation rate (``indicator="transformation-rate"``)
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
+#: The same on the whole call (``skip="call"``): on the first model 0.05 already computes 16 of 50 steps
+CALL_RATE_THRESHOLDS = [0.01, 0.02, 0.03, *RATE_THRESHOLDS]
 
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
-           *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES)}
+           *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES),
+           *(f"callrate-{rule}-w15" for rule in tc.RULES)}
 #: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
 FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
@@ -360,6 +363,26 @@ class SamplerCache(Peer):
 
 # -- subjects: what is generated --------------------------------------------------------------------------------
 
+class Velocity(torch.nn.Module):
+    """A shipped model's transformer seen as the real HunyuanVideo's is: a flow (velocity) predictor. Both shipped
+    models predict the clean sample; ``skip="call"`` caches a call's output minus its latent, which on HunyuanVideo's
+    velocity is EasyCache's rule and on a clean sample would be another one. The sampler gets the same velocity
+    as from the model's own ``velocity`` (``(x - out) / sigma``, sigma clamped as there), bit for bit."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states, timestep, return_dict=False, **kwargs):
+        from tinyhv.model import SIGMA_MIN
+
+        out = self.transformer(hidden_states=hidden_states, timestep=timestep, return_dict=False, **kwargs)[0]
+        sigma = (timestep / 1000).clamp_min(SIGMA_MIN).view(-1, *[1] * (out.dim() - 1))
+        return ((hidden_states[:, :out.shape[1]] - out) / sigma,)  # (1.5: conditioning channels follow the video)
+
+
+
+
 class Trained:
     """A shipped trained model; outputs are videos in [0, 1]. ``shapes``: TinyHunyuanVideo (HunyuanVideo's
     transformer, one shape on a plain background); ``scenes``: TinyHunyuanVideo15 (HunyuanVideo 1.5's transformer,
@@ -386,6 +409,22 @@ class Trained:
         prompt, seed = prompt_seed
         return self.model.generate(prompt, seed=seed, num_steps=steps or self.steps, cache=cache,
                                    cfg_scale=self.cfg_scale, wrappers=wrappers)
+
+    @contextlib.contextmanager
+    def as_velocity(self):
+        """The model called through ``Velocity`` (the engine's ``skip="call"`` then sees what it sees on the real
+        model); the same samples."""
+        if not any(spec.serves(Velocity) for spec in tc.MODELS):  # the engine serves it with the inner one's adapter
+            tc.register_model(tc.ModelSpec("bench: a shipped model's transformer as a velocity predictor",
+                                           (f"{Velocity.__module__}:{Velocity.__qualname__}",),
+                                           lambda t: tc.find_model(t.transformer).adapter(t.transformer), "1.0"))
+        model, config = self.model, self.model.config
+        inner, prediction = model.transformer, config.get("prediction")
+        model.transformer, config["prediction"] = Velocity(inner), "velocity"
+        try:
+            yield model.transformer
+        finally:
+            model.transformer, config["prediction"] = inner, prediction
 
     def same_content(self, out, ref) -> bool:
         """The automatic judge of the model's quality bar reads the same content in both clips (shapes: colour,
@@ -524,9 +563,13 @@ def methods(subject, profile, mag_ratios, quick):
         for thresh in pick(RATE_THRESHOLDS):
             yield f"rate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule)
     for rule in tc.RULES:  # the same on the whole transformer call (skip="call": nothing of the model runs)
-        for thresh in pick(RATE_THRESHOLDS):
+        for thresh in pick(CALL_RATE_THRESHOLDS):
             yield f"callrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule,
                                                    skip="call")
+    for rule in tc.RULES:  # the same with the first 15% of the steps computed (EasyCache's window starts there)
+        for thresh in pick(CALL_RATE_THRESHOLDS):
+            yield f"callrate-{rule}-w15", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate",
+                                                       rule=rule, skip="call", warmup_steps=math.ceil(0.15 * steps))
     for rule in tc.RULES:  # deciding on the first block's residual times its learnt rate, each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"fbrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-rate", rule=rule)
@@ -615,6 +658,15 @@ def generate(subject, config, run):
             return out, seconds
         finally:
             config.detach(handle)
+    if isinstance(config, dict) and config.get("skip") == "call" and isinstance(subject, Trained):
+        with subject.as_velocity() as velocity:
+            cache = tc.enable_teacache(velocity, **config)
+            try:
+                start = time.perf_counter()
+                out = subject.run(run, cache)
+                return out, time.perf_counter() - start
+            finally:
+                cache.disable()
     if isinstance(config, dict):
         cache = tc.enable_teacache(t, **config)
     elif config is not None:

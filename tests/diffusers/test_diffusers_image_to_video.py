@@ -142,7 +142,7 @@ def test_image_to_video_warns_that_the_coefficients_are_text_to_video_and_profil
         logger.remove(sink)
     assert len(messages) == 1 and "image-to-video" in messages[0] and "--teacache-calibrate" in messages[0]
     # the recommendation for HunyuanVideo's architecture (docs/fidelity.md: its first trained model)
-    assert "--teacache-indicator first-block-residual --teacache-rule fitted" in messages[0]
+    assert "--teacache-indicator transformation-rate --teacache-skip call --teacache-rule fitted" in messages[0]
     assert tc.model_identity(make_i2v_transformer("token_replace"))["image_condition"] == "token_replace"
     assert "image_condition" not in tc.model_identity(make_transformer())  # text-to-video profiles stay valid
 

@@ -19,6 +19,8 @@ order, all with the same model:
 * ``off``: plain sampling;
 * ``teacache`` (``--teacache THRESH``): ``enable_teacache(pipe.transformer, THRESH,
   num_steps=N)`` after ``parallelize_transformer``, as the real CLI does;
+* ``call`` (with ``--teacache``): ``skip="call"`` at ``CALL_THRESH``, the decision around the forward that
+  ``parallelize_transformer`` installed (each rank sees the whole latent there; its sums are reduced all the same);
 * ``probe`` (``--probe-no-reduce``): TeaCache with ``process_group=None`` and a threshold
   so small that every step is computed, so the ranks stay in lock step while each one
   records the indicator of its own shard only.
@@ -50,6 +52,9 @@ LATENT_SHAPE = (1, 16, 2, 8, 8)
 TEXT_LEN, TEXT_VALID = 8, 5
 GUIDANCE_SCALE = 6.0
 PROBE_THRESH = 1e-6  # below the published polynomial's minimum (~0.05): never skips
+# ``call``: the whole-call skip (the transformation rate, the fitted rule) around upstream's parallel forward
+CALL = dict(indicator="transformation-rate", skip="call", rule="fitted")
+CALL_THRESH = 0.5
 
 
 def _setup_paths() -> None:
@@ -139,8 +144,9 @@ def main(argv=None) -> int:
     if args.teacache is not None or args.probe_no_reduce:
         from teacache_sample_video import enable_teacache
     if args.teacache is not None:
-        for name, rule in (("teacache", "reuse"), ("fitted", "fitted")):
-            cache = enable_teacache(pipe.transformer, args.teacache, num_steps=args.steps, rule=rule)
+        for name, thresh, options in (("teacache", args.teacache, {}), ("fitted", args.teacache, {"rule": "fitted"}),
+                                      ("call", CALL_THRESH, CALL)):
+            cache = enable_teacache(pipe.transformer, thresh, num_steps=args.steps, **options)
             runs[name] = _denoise(pipe, inputs, args.steps, cache)
             cache.disable()
     if args.probe_no_reduce:

@@ -78,6 +78,29 @@ def bench_caches(monkeypatch):
     return main
 
 
+@pytest.mark.parametrize("kind", ["shapes", "scenes"])
+def test_bench_caches_velocity_view_samples_the_same_clips(kind, monkeypatch):
+    """The shipped models predict the clean sample; the ``skip="call"`` methods see them through ``Velocity``, as the
+    real, velocity-predicting model is seen: the same clips uncached, bit for bit; a cache on the view skips whole
+    calls (no block runs then); the model is left as it was."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script prepends to sys.path
+    spec = importlib.util.spec_from_file_location("bench_caches_velocity", ROOT / "benchmarks" / "bench_caches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    subject = module.Trained(8, kind, cfg_scale=4.0, prompts=1)
+    run = subject.eval_runs[0]
+    blocks, n_blocks = module.block_counter(subject.transformer)
+    with torch.no_grad():
+        plain = subject.run(run)
+        with subject.as_velocity():
+            assert torch.equal(subject.run(run), plain)
+        blocks[0] = 0
+        out, _ = module.generate(subject, dict(rel_l1_thresh=1.0, indicator="transformation-rate", skip="call"), run)
+    assert not torch.equal(out, plain) and blocks[0] % n_blocks == 0 and 0 < blocks[0] < 8 * n_blocks
+    assert subject.model.config["prediction"] == "sample" and subject.model.transformer is subject.transformer
+    assert "forward" not in vars(subject.transformer)
+
+
 @pytest.fixture
 def no_matplotlib(monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:

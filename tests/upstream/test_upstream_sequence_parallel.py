@@ -155,6 +155,27 @@ def test_fitted_rule_ranks_fit_the_single_process_gains(ranks, single):
     _assert_outputs_match(ref, single["runs"]["teacache"], "fitted rule with gains 0 vs reuse")
 
 
+def test_whole_call_skip_around_the_parallel_forward_takes_the_single_process_decisions(ranks, single):
+    """``skip="call"`` enabled after ``parallelize_transformer``: the decision wraps upstream's parallel forward, so a
+    skipped step runs none of its collectives on any rank; every rank decides as one process does, with the same
+    outputs."""
+    ref = single["runs"]["call"]
+    assert ref["report"]["skip"] == "call" and ref["report"]["skipped_steps"], ref["report"]
+    acc, margin = 0.0, float("inf")  # the live accumulation: no decision within a rounding error of the threshold
+    for step, value in enumerate(ref["report"]["rel_l1"]):
+        if value is not None and 0 < step < STEPS - 1:
+            acc += value
+            margin = min(margin, abs(acc - ref["report"]["rel_l1_thresh"]))
+            acc = 0.0 if step in ref["report"]["computed_steps"] else acc
+    assert margin > 1e-3
+    for r, res in enumerate(ranks):
+        rep = res["runs"]["call"]["report"]
+        assert (rep["computed_steps"], rep["skipped_steps"]) == (ref["report"]["computed_steps"],
+                                                                 ref["report"]["skipped_steps"]), f"rank {r}"
+        _assert_outputs_match(res["runs"]["call"], ref, f"rank {r} (skip='call')")
+    assert ranks[0]["runs"]["call"]["report"]["rel_l1"] == ranks[1]["runs"]["call"]["report"]["rel_l1"]
+
+
 def test_without_reduction_rank_distances_differ(ranks, single):
     """process_group=None on purpose (every step computed, so the ranks stay in lock step)."""
     from teacache_sample_video import TeaCacheConfig, teacache_decision
