@@ -1224,7 +1224,7 @@ def _summary(cache: TeaCache) -> str:
     decided = f"fixed schedule {'/'.join(map(str, cfg.schedule))}" if cfg.schedule is not None \
         else f"{len(cfg.fixed_steps)} given steps" if cfg.fixed_steps is not None \
         else f"rel_l1_thresh={cfg.rel_l1_thresh:g}"
-    head = f"TeaCache({decided}, rule={cfg.rule}): "
+    head = f"TeaCache({decided}, rule={cfg.rule}{', skip=call' if cfg.skip == 'call' else ''}): "
     sections = cache._all_sections()
     if sections is not None:
         computed, calls = sum(x["computed_calls"] for x in sections), sum(x["transformer_calls"] for x in sections)

@@ -56,6 +56,7 @@ def test_a_skipped_call_runs_nothing_and_returns_the_latent_plus_the_cached_resi
     s = cache.stats()
     assert s["skipped_steps"] and s["computed_steps"][0] == 0 and s["computed_steps"][-1] == STEPS - 1
     assert embedder_calls == len(s["computed_steps"])  # nothing of the model ran on a skipped call
+    assert cache.summary().startswith("TeaCache(rel_l1_thresh=0.3, rule=reuse, skip=call): computed")
     assert model.block_calls() == 4 * len(s["computed_steps"])
     last = None
     for step, (latent, out) in enumerate(seen):
