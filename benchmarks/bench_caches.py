@@ -14,7 +14,8 @@ requirements-bench.txt``), cache-dit's DBCache (``cachedit-dbcache``), DBCache w
 the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
 reference itself is from the converged sampler). ``fbres-*`` (the engine's first-block-residual indicator) and
 ``callrate-*`` (the transformation rate with ``skip="call"``: on the shipped models through ``Velocity``, the
-velocity the real model predicts; ``callrate-*-w15`` with the first 15% of the steps computed) are studies too.
+velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed) are
+studies too.
 
     python3 benchmarks/bench_caches.py --model trained   # the first shipped model (HunyuanVideo's transformer)
     python3 benchmarks/bench_caches.py --model scenes    # the second (HunyuanVideo 1.5's), harder content
@@ -98,10 +99,12 @@ SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
 #: The same on the whole call (``skip="call"``): on the first model 0.05 already computes 16 of 50 steps
 CALL_RATE_THRESHOLDS = [0.01, 0.02, 0.03, *RATE_THRESHOLDS]
+#: ... and with a longer warm-up: this share of the steps always computed (``callrate-RULE-wPERCENT``)
+WARMUP_PERCENTS = (8, 15)
 
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
            *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES),
-           *(f"callrate-{rule}-w15" for rule in tc.RULES)}
+           *(f"callrate-{rule}-w{p}" for rule in tc.RULES for p in WARMUP_PERCENTS)}
 #: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
 FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
@@ -566,10 +569,12 @@ def methods(subject, profile, mag_ratios, quick):
         for thresh in pick(CALL_RATE_THRESHOLDS):
             yield f"callrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule,
                                                    skip="call")
-    for rule in tc.RULES:  # the same with the first 15% of the steps computed (where EasyCache's window starts)
-        for thresh in pick(CALL_RATE_THRESHOLDS):
-            yield f"callrate-{rule}-w15", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate",
-                                                       rule=rule, skip="call", warmup_steps=math.ceil(0.15 * steps))
+    for rule in tc.RULES:  # the same with the first 8% or 15% of the steps computed (EasyCache's window starts at 15%)
+        for percent in WARMUP_PERCENTS:
+            for thresh in pick(CALL_RATE_THRESHOLDS):
+                yield f"callrate-{rule}-w{percent}", thresh, dict(
+                    rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule, skip="call",
+                    warmup_steps=math.ceil(percent / 100 * steps))
     for rule in tc.RULES:  # deciding on the first block's residual times its learnt rate, each rule
         for thresh in pick(RATE_THRESHOLDS):
             yield f"fbrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="first-block-rate", rule=rule)
