@@ -257,7 +257,7 @@ class FirstBlockResidual(ModulatedInput):
         b.rate_input = b.probe_residual
 
     def signals(self, cache, b, block_input, block_output):
-        return b.probe_residual, (block_output[:, ::RATE_TOKEN_STRIDE] - block_input[:, ::RATE_TOKEN_STRIDE])
+        return b.probe_residual, cache.subsample(block_output) - cache.subsample(block_input)
 
     def from_distances(self, d, i, c, c0):
         return d["a"][i][c] / d["a_norm"][c] if d["a_norm"][c] else math.inf
@@ -281,7 +281,7 @@ class FirstBlockRate(FirstBlockResidual):
         return b.rate * moved / size if size else math.inf
 
     def observe(self, cache, b, block_input, block_output):
-        now = (block_output[:, ::RATE_TOKEN_STRIDE] - block_input[:, ::RATE_TOKEN_STRIDE])
+        now = cache.subsample(block_output) - cache.subsample(block_input)
         if b.rate_input is not None:
             d_rest, d_first = cache.sums(lambda r, pr, f, pf: (torch.sub(r, pr).abs_().sum(dtype=torch.float32),
                                                                torch.sub(f, pf).abs_().sum(dtype=torch.float32)),
@@ -998,7 +998,7 @@ class TeaCache:
             if self._decide(self.generation.current, None, args, kwargs):
                 return None
             b = self.generation.current
-            latent = self.adapter.call_input(args, kwargs)[:, :b.residual.shape[1]]
+            latent = self.skipped_input(args, kwargs)[:, :b.residual.shape[1]]
             video = latent + self.config.predictor.predict(b, self.generation.timestep)
             skeleton, dtype = b.call_output
             return self.spec.rebuild(skeleton, video.to(dtype))
@@ -1047,7 +1047,7 @@ class TeaCache:
         """A probe block's call (it always runs): keep its image input's token subsample."""
         if self.config.enabled or self.config.trace:
             image = self.adapter.image_in(args, kwargs)
-            self.generation.current.probe_input = (image.shape[1], image[:, ::RATE_TOKEN_STRIDE].clone())
+            self.generation.current.probe_input = (image.shape[1], self.subsample(image).clone())
 
     @_outside_compile
     def _probe_out(self, output) -> None:
@@ -1055,7 +1055,7 @@ class TeaCache:
         if b.probe_input is not None:
             tokens, sample = b.probe_input
             image = self.adapter.image_out(output, num_image_tokens=tokens)
-            b.probe_residual, b.probe_input = image[:, ::RATE_TOKEN_STRIDE] - sample, None
+            b.probe_residual, b.probe_input = self.subsample(image) - sample, None
 
     @_outside_compile
     def _skipped_block(self, block, args, kwargs):

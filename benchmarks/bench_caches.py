@@ -663,34 +663,27 @@ def generate(subject, config, run):
             return out, seconds
         finally:
             config.detach(handle)
-    if isinstance(config, dict) and config.get("skip") == "call" and isinstance(subject, Trained):
-        with subject.as_velocity() as velocity:
-            cache = tc.enable_teacache(velocity, **config)
-            try:
-                start = time.perf_counter()
-                out = subject.run(run, cache)
-                return out, time.perf_counter() - start
-            finally:
-                cache.disable()
-    if isinstance(config, dict):
-        cache = tc.enable_teacache(t, **config)
-    elif config is not None:
-        # diffusers 0.38 caches the list of hooked submodules on first use; a cache enabled later on other
-        # submodules (TaylorSeer after FirstBlockCache) would then never get its context set
-        if hasattr(t, "_diffusers_hook"):
-            t._diffusers_hook._child_registries_cache = None
-        t.enable_cache(config)
-    try:
-        start = time.perf_counter()
-        with t.cache_context("cond") if config is not None and cache is None else contextlib.nullcontext():
-            out = subject.run(run, cache)
-        return out, time.perf_counter() - start
-    finally:
-        if cache is not None:
-            cache.disable()
+    with contextlib.ExitStack() as stack:
+        if isinstance(config, dict):  # a whole-call skip sees a shipped model as the velocity predictor it stands for
+            whole_call = config.get("skip") == "call" and isinstance(subject, Trained)
+            cache = tc.enable_teacache(stack.enter_context(subject.as_velocity()) if whole_call else t, **config)
         elif config is not None:
-            t._reset_stateful_cache()
-            t.disable_cache()
+            # diffusers 0.38 caches the list of hooked submodules on first use; a cache enabled later on other
+            # submodules (TaylorSeer after FirstBlockCache) would then never get its context set
+            if hasattr(t, "_diffusers_hook"):
+                t._diffusers_hook._child_registries_cache = None
+            t.enable_cache(config)
+        try:
+            start = time.perf_counter()
+            with t.cache_context("cond") if config is not None and cache is None else contextlib.nullcontext():
+                out = subject.run(run, cache)
+            return out, time.perf_counter() - start
+        finally:
+            if cache is not None:
+                cache.disable()
+            elif config is not None:
+                t._reset_stateful_cache()
+                t.disable_cache()
 
 
 def main() -> int:
