@@ -223,7 +223,7 @@ class TransformationRate(ModulatedInput):
         return b.rate * moved / size if size else math.inf
 
     def observe(self, cache, b, block_input, block_output):
-        now_in, now_out = cache.subsample(block_input), cache.subsample(block_output)
+        now_in, now_out = cache.subsample(block_input), self.learnt_output(cache, block_input, block_output)
         if b.rate_input is not None:
             d_out, d_in = cache.sums(lambda o, po, i, pi: (torch.sub(o, po).abs_().sum(dtype=torch.float32),
                                                            torch.sub(i, pi).abs_().sum(dtype=torch.float32)),
@@ -231,13 +231,32 @@ class TransformationRate(ModulatedInput):
             b.rate = d_out / d_in if d_in else None
         b.rate_input, b.rate_output = now_in.clone(), now_out.clone()
 
+    def learnt_output(self, cache, block_input, block_output) -> torch.Tensor:
+        """What the rate relates the input's change to (subsampled): the output."""
+        return cache.subsample(block_output)
+
     def signals(self, cache, b, block_input, block_output):
-        return cache.subsample(block_input), cache.subsample(block_output)
+        return cache.subsample(block_input), self.learnt_output(cache, block_input, block_output)
 
     def from_distances(self, d, i, c, c0):
         if c0 is None or not d["a"][c][c0]:  # no rate learnt yet
             return None
         return d["b"][c][c0] / d["a"][c][c0] * d["a"][i][c] / d["b_norm"][c] if d["b_norm"][c] else math.inf
+
+
+class ResidualRate(TransformationRate):
+    """The transformation rate learnt on what a skip reuses: the rate ``|Δ r| / |Δ input|`` of the residual
+    ``r = output - input`` (the block stack's, or with ``skip="call"`` the call's output minus its latent); a later
+    call's value is the residual's relative change that rate predicts, ``k |input - input_c| / |r_c|``. Where the
+    output is large next to the residual (a velocity next to the latent's drift, early in sampling), the output's
+    relative change stays small while the residual a skip reuses changes a lot: this indicator sees that, the
+    transformation rate does not."""
+
+    name = "residual-rate"
+
+    def learnt_output(self, cache, block_input, block_output):
+        out = cache.subsample(block_output)
+        return out - cache.subsample(block_input)[:, :out.shape[1]]  # a call's latent: its leading (video) channels
 
 
 class FirstBlockResidual(ModulatedInput):
@@ -296,7 +315,8 @@ class FirstBlockRate(FirstBlockResidual):
 #: in space)
 RATE_TOKEN_STRIDE = 8
 
-INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput, TransformationRate, FirstBlockResidual, FirstBlockRate)}
+INDICATORS_BY_NAME = {i.name: i() for i in (ModulatedInput, TransformationRate, FirstBlockResidual, FirstBlockRate,
+                                              ResidualRate)}
 #: The decision indicators' names (``indicator=``); the first is the published one.
 INDICATORS = tuple(INDICATORS_BY_NAME)
 #: Image-to-video with ``token_replace``: whether the indicator covers the first frame's tokens (the given image,
@@ -359,16 +379,18 @@ class TeaCacheConfig:
         help="What decides: 'modulated-input', the change of the first block's modulated input (published); "
              "'transformation-rate', the output change that the input's change predicts at the rate learnt at "
              "computed steps (EasyCache's signal); 'first-block-residual', the first block's residual change "
-             "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined. The last three "
-             "need no coefficients. Where none are published the benchmark recommends, with --teacache-rule fitted, "
-             "'transformation-rate' for 1.5 and 'transformation-rate' with --teacache-skip call for I2V: "
+             "(FirstBlockCache's; the first block always runs); 'first-block-rate', the two combined; "
+             "'residual-rate', the change of the residual a skip reuses that the input's change predicts. The last "
+             "four need no coefficients. Where none are published the benchmark recommends, with --teacache-skip "
+             "call and --teacache-rule fitted, 'residual-rate' for 1.5 and 'transformation-rate' for I2V: "
              "docs/fidelity.md."))
     skip: str = field(default=SKIPS[0], metadata=_flag(
         "--teacache-skip", choices=SKIPS,
         help="What a skipped step skips: the transformer 'blocks' (published; the embedders, text refiner and final "
              "layer still run) or the whole transformer 'call' (nothing of the model runs: the output is the "
-             "latent plus the cached output-minus-latent residual; needs --teacache-indicator transformation-rate, "
-             "which then learns its rate on the call's latent and output). See docs/how-it-works.md."))
+             "latent plus the cached output-minus-latent residual; needs --teacache-indicator transformation-rate "
+             "or residual-rate, which then learn their rate on the call's latent and output). See "
+             "docs/how-it-works.md."))
     first_frame: str = field(default="include", metadata=_flag(
         "--teacache-first-frame", choices=FIRST_FRAME,
         help="Image-to-video with token_replace: whether the indicator covers the first frame's tokens (the "
@@ -1552,8 +1574,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 #: The settings the fidelity benchmark recommends where no coefficients are published (docs/fidelity.md), for
 #: 1.5's architecture (its second trained model) and HunyuanVideo's (image-to-video; its first)
-RECOMMENDED = {"1.5": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
-                      "--teacache-rule fitted --rel-l1-thresh 0.2 (docs/fidelity.md)",
+RECOMMENDED = {"1.5": "Recommended there (no coefficients needed): --teacache-indicator residual-rate "
+                      "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.2 (docs/fidelity.md)",
                "1.0": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
                       "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.05 (docs/fidelity.md)"}
 

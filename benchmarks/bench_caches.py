@@ -14,8 +14,8 @@ requirements-bench.txt``), cache-dit's DBCache (``cachedit-dbcache``), DBCache w
 the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
 reference itself is from the converged sampler). ``fbres-*`` (the engine's first-block-residual indicator) and
 ``callrate-*`` (the transformation rate with ``skip="call"``: on the shipped models through ``Velocity``, the
-velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed) are
-studies too.
+velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed) and
+``callres-*`` (the same place, deciding on the residual's rate: ``indicator="residual-rate"``) are studies too.
 
     python3 benchmarks/bench_caches.py --model trained   # the first shipped model (HunyuanVideo's transformer)
     python3 benchmarks/bench_caches.py --model scenes    # the second (HunyuanVideo 1.5's), harder content
@@ -98,13 +98,14 @@ SEARCH_BUDGETS = [12, 15, 18, 22, 26, 30, 35]
 #: TeaCache's rules deciding on the transformation rate (``indicator="transformation-rate"``)
 RATE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.0]
 #: The same on the whole call (``skip="call"``): on the first model 0.05 already computes 16 of 50 steps
-CALL_RATE_THRESHOLDS = [0.01, 0.02, 0.03, *RATE_THRESHOLDS]
+CALL_RATE_THRESHOLDS = [0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0]
 #: ... and with a longer warm-up: this share of the steps always computed (``callrate-RULE-wPERCENT``)
 WARMUP_PERCENTS = (8, 15)
 
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
            *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES),
-           *(f"callrate-{rule}-w{p}" for rule in tc.RULES for p in WARMUP_PERCENTS)}
+           *(f"callrate-{rule}-w{p}" for rule in tc.RULES for p in WARMUP_PERCENTS),
+           *(f"callres-{rule}" for rule in tc.RULES)}
 #: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
 FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
@@ -569,6 +570,10 @@ def methods(subject, profile, mag_ratios, quick):
         for thresh in pick(CALL_RATE_THRESHOLDS):
             yield f"callrate-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="transformation-rate", rule=rule,
                                                    skip="call")
+    for rule in tc.RULES:  # the whole call, deciding on the rate of the residual a skip reuses (output minus latent)
+        for thresh in pick(CALL_RATE_THRESHOLDS):
+            yield f"callres-{rule}", thresh, dict(rel_l1_thresh=thresh, indicator="residual-rate", rule=rule,
+                                                  skip="call")
     for rule in tc.RULES:  # the same with the first 8% or 15% of the steps computed (EasyCache's window starts at 15%)
         for percent in WARMUP_PERCENTS:
             for thresh in pick(CALL_RATE_THRESHOLDS):

@@ -219,8 +219,8 @@ class TeaCacheHunyuanVideo:
     DESCRIPTION = ("TeaCache (arXiv 2411.19108): skips the transformer blocks at steps where the first block's "
                    "modulated input barely changed, reusing the residual of the last computed step. 0.1 ~ 1.6x, "
                    "0.15 ~ 2.1x at 50 steps with the published text-to-video coefficients. Where none are published, "
-                   "with rule fitted (no coefficients needed): indicator transformation-rate for 1.5, the same with "
-                   "skip call for image-to-video; or calibrate first.")
+                   "with skip call and rule fitted (no coefficients needed): indicator residual-rate for 1.5, "
+                   "transformation-rate for image-to-video; or calibrate first.")
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
     CATEGORY = "advanced/model/teacache"
@@ -243,7 +243,7 @@ class TeaCacheHunyuanVideo:
                 "skip": (list(tc.SKIPS), {"default": tc.SKIPS[0],
                                           "tooltip": "what a skipped step skips: the transformer blocks "
                                                      "(published) or the whole model call (needs indicator "
-                                                     "transformation-rate)"}),
+                                                     "transformation-rate or residual-rate)"}),
                 "profile": ([PUBLISHED] + profile_names(), {"default": PUBLISHED,
                                                             "tooltip": "coefficients: the published "
                                                                        "text-to-video ones, or a calibration "

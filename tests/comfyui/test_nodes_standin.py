@@ -268,7 +268,8 @@ def test_registry_metadata_and_example_workflow():
     assert set(node["inputs"]) == set(types["required"]) | set(types["optional"])
 
 
-@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] + [("transformation-rate", "call")])
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] +
+                         [("transformation-rate", "call"), ("residual-rate", "call")])
 def test_every_indicator(env, indicator, skip):
     """Every decision signal the engine offers (the node lists them all), and the whole-call skip: threshold 0
     bit-identical, a run that skips calls with batched and split guidance, nothing left on the model."""

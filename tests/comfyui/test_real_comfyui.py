@@ -120,7 +120,8 @@ def test_samplers(pack, models, sampler, cfg):
     assert not torch.equal(out, plain)
 
 
-@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] + [("transformation-rate", "call")])
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in tc.INDICATORS] +
+                         [("transformation-rate", "call"), ("residual-rate", "call")])
 def test_every_indicator(pack, models, indicator, skip):
     model = models["t2v"]
     plain = sample(model, cfg=4.0, sampler="heun")

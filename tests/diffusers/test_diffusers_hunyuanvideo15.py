@@ -151,7 +151,7 @@ def test_without_a_profile_it_warns_that_no_coefficients_are_published_for_15():
     finally:
         logger.remove(sink)
     assert len(messages) == 1 and "no coefficients are published for HunyuanVideo 1.5" in messages[0]
-    assert "--teacache-indicator transformation-rate --teacache-rule fitted" in messages[0]  # the recommendation
+    assert "--teacache-indicator residual-rate --teacache-skip call --teacache-rule fitted" in messages[0]  # the recommendation
 
 
 # -- the CLI on tiny local 1.5 pipelines ---------------------------------------------------------------------------

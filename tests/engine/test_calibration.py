@@ -129,7 +129,8 @@ def _recorded_calls(model, indicator, skip="blocks"):
     return stats, calls, txt
 
 
-@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in RATE_INDICATORS] + [(RATE_INDICATORS[0], "call")])
+@pytest.mark.parametrize("indicator,skip", [(i, "blocks") for i in RATE_INDICATORS] +
+                         [(i, "call") for i in RATE_INDICATORS if tc.INDICATORS_BY_NAME[i].whole_call])
 def test_pairwise_replay_takes_the_decisions_of_a_cached_run(indicator, skip):
     # a cached run fed the traced run's inputs (so that its calls see the same tensors): the replay on the traced
     # run's pairwise distances takes its decisions; the one-step trace alone does not know them

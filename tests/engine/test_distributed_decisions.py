@@ -34,7 +34,8 @@ OPTIONS = {"published": {}, "warmup+cap": dict(warmup_steps=3, max_consecutive_s
            "rate": dict(indicator="transformation-rate", tokens=32),
            "first-block-rate": dict(indicator="first-block-rate", tokens=32),
            # decided around the whole call, on each rank's shard of the latent (enabled inside a parallel forward)
-           "call": dict(indicator="transformation-rate", skip="call", rule="fitted", curved=True)}
+           "call": dict(indicator="transformation-rate", skip="call", rule="fitted", curved=True),
+           "call residual-rate": dict(indicator="residual-rate", skip="call", rule="fitted", curved=True)}
 
 
 def run(options, rank=None, process_group=None):
@@ -87,7 +88,8 @@ def _run(mode, tmp_path, options=None):
 @pytest.mark.parametrize("mode,options", [("reduced", "published"), ("coordinator", "published"),
                                           ("reduced", "warmup+cap"), ("reduced", "extrapolate+trace"),
                                           ("reduced", "fitted"), ("reduced", "rate"),
-                                          ("reduced", "first-block-rate"), ("reduced", "call")])
+                                          ("reduced", "first-block-rate"), ("reduced", "call"),
+                                          ("reduced", "call residual-rate")])
 def test_ranks_take_identical_decisions_equal_to_single_process(mode, options, tmp_path):
     (r0, r1), out = _run(mode, tmp_path, OPTIONS[options])
     ref, ref_out = run(OPTIONS[options])

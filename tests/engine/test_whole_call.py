@@ -12,6 +12,7 @@ from tinyhv.random_models import sample as diffusers_sample
 
 STEPS, THRESH = 20, 0.3
 CALL = dict(indicator="transformation-rate", skip="call")
+WHOLE_CALL = [name for name in tc.INDICATORS if tc.INDICATORS_BY_NAME[name].whole_call]
 
 
 def counted(model):
@@ -39,13 +40,14 @@ def run_fake(thresh=THRESH, **options):
     return model, cache, seen, embedder[0]
 
 
+@pytest.mark.parametrize("indicator", WHOLE_CALL)
 @pytest.mark.parametrize("rule", tc.RULES)
-def test_threshold_zero_is_bit_identical_to_uncached(rule):
+def test_threshold_zero_is_bit_identical_to_uncached(rule, indicator):
     inputs, negative = diffusers_inputs(), diffusers_inputs(seed=1)
     model = make_transformer()
     with torch.no_grad():
         ref = diffusers_sample(model, inputs, STEPS, negative=negative)
-        cache = tc.enable_teacache(model, 0.0, num_steps=STEPS, rule=rule, **CALL)
+        cache = tc.enable_teacache(model, 0.0, num_steps=STEPS, rule=rule, **{**CALL, "indicator": indicator})
         out = diffusers_sample(model, inputs, STEPS, negative=negative)
     assert torch.equal(out, ref)
     assert cache.stats()["computed_calls"] == cache.stats()["transformer_calls"] == 2 * STEPS
@@ -66,12 +68,15 @@ def test_a_skipped_call_runs_nothing_and_returns_the_latent_plus_the_cached_resi
             torch.testing.assert_close(out, latent + last, rtol=0, atol=0)
 
 
-def test_the_rate_is_learnt_on_the_call_and_the_rule_accumulates_it():
-    """Each call's value, recomputed from the latents and outputs the sampler saw: the rate ``|Δ out| / |Δ latent|``
+@pytest.mark.parametrize("indicator", WHOLE_CALL)
+def test_the_rate_is_learnt_on_the_call_and_the_rule_accumulates_it(indicator):
+    """Each call's value, recomputed from the latents and outputs the sampler saw: the rate ``|Δ o| / |Δ latent|``
     between the last two computed calls, times the latent's change since the last computed call over that call's
-    output, on every 8th column; and the decisions the accumulated values give."""
-    _, cache, seen, _ = run_fake()
+    ``o``, on every 8th column, where ``o`` is the output (transformation-rate) or the output minus the latent
+    (residual-rate, what a skip reuses); and the decisions the accumulated values give."""
+    _, cache, seen, _ = run_fake(indicator=indicator)
     s = cache.stats()
+    learnt = {"transformation-rate": lambda x, o: o, "residual-rate": lambda x, o: o - x}[indicator]
 
     def l1(a):
         return float(a[..., ::tc.RATE_TOKEN_STRIDE].abs().double().sum())
@@ -80,7 +85,7 @@ def test_the_rate_is_learnt_on_the_call_and_the_rule_accumulates_it():
     for step, (latent, out) in enumerate(seen):
         value = None
         if len(computed) >= 2:
-            (x0, o0), (x1, o1) = (seen[c] for c in computed[-2:])
+            (x0, o0), (x1, o1) = ((x, learnt(x, o)) for x, o in (seen[c] for c in computed[-2:]))
             value = l1(o1 - o0) / l1(x1 - x0) * l1(latent - x1) / l1(o1)
             assert s["rel_l1"][step] == pytest.approx(value, rel=1e-5)
             checked += 1
@@ -168,6 +173,7 @@ def test_indicators_computed_inside_the_model_cannot_skip_the_call():
         if not tc.INDICATORS_BY_NAME[name].whole_call:
             with pytest.raises(ValueError, match="skip='call' decides before the transformer runs"):
                 tc.TeaCacheConfig(indicator=name, skip="call")
+    assert WHOLE_CALL == ["transformation-rate", "residual-rate"]
     assert tc.TeaCacheConfig(**CALL).skip == "call"
     with pytest.raises(ValueError, match="skip must be one of"):
         tc.TeaCacheConfig(skip="layers")
