@@ -1577,7 +1577,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 RECOMMENDED = {"1.5": "Recommended there (no coefficients needed): --teacache-indicator residual-rate "
                       "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.2 (docs/fidelity.md)",
                "1.0": "Recommended there (no coefficients needed): --teacache-indicator transformation-rate "
-                      "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.05 (docs/fidelity.md)"}
+                      "--teacache-skip call --teacache-rule fitted --rel-l1-thresh 0.05 --teacache-warmup-steps 4 "
+                      "(docs/fidelity.md)"}
 
 
 @functools.lru_cache(maxsize=None)

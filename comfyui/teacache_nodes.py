@@ -220,7 +220,7 @@ class TeaCacheHunyuanVideo:
                    "modulated input barely changed, reusing the residual of the last computed step. 0.1 ~ 1.6x, "
                    "0.15 ~ 2.1x at 50 steps with the published text-to-video coefficients. Where none are published, "
                    "with skip call and rule fitted (no coefficients needed): indicator residual-rate for 1.5, "
-                   "transformation-rate for image-to-video; or calibrate first.")
+                   "transformation-rate with warmup_steps 4 for image-to-video; or calibrate first.")
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
     CATEGORY = "advanced/model/teacache"
