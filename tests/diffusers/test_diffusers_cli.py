@@ -99,22 +99,28 @@ def test_calibrate_then_run_a_searched_schedule(pipeline_dir, tmp_path):
         run(pipeline_dir, tmp_path / "x", "--teacache-profile", str(profile), "--teacache-budget", "9")
 
 
-def test_whole_call_skip_calibrates_and_replays_its_own_profile(pipeline_dir, tmp_path):
+@pytest.mark.parametrize("indicator", ["transformation-rate", "residual-rate"])
+def test_whole_call_skip_calibrates_and_replays_its_own_profile(pipeline_dir, tmp_path, indicator):
     """``--teacache-skip call``: the profile is traced on the call (its residuals and the rate's distances), a
-    target speedup picks a threshold on it, and a run that skips only the blocks refuses it."""
+    target speedup picks a threshold on it, its searched schedule of a budget runs as it is, and a run that skips
+    only the blocks refuses it."""
     profile = tmp_path / "profile.json"
-    call = ["--teacache-indicator", "transformation-rate", "--teacache-skip", "call"]
+    call = ["--teacache-indicator", indicator, "--teacache-skip", "call"]
     assert run(pipeline_dir, tmp_path / "calib", *call, "--teacache-calibrate", str(profile)) == 0
     p = json.loads(profile.read_text())
-    assert p["skip"] == "call" and p["indicator"] == "transformation-rate" and p["traces"][0]["pairwise"]
+    assert p["skip"] == "call" and p["indicator"] == indicator and p["traces"][0]["pairwise"]
+    assert run(pipeline_dir, tmp_path / "budget", *call, "--teacache-profile", str(profile), "--teacache-budget", "4",
+               "--teacache-rule", "fitted") == 0
+    (report,) = [json.loads(f.read_text()) for f in (tmp_path / "budget").glob("*.json")]
+    assert report["skip"] == "call"
+    assert report["computed_steps"] == report["fixed_steps"] == p["schedules"]["fitted"]["4"]
     assert run(pipeline_dir, tmp_path / "fast", *call, "--teacache-profile", str(profile), "--teacache-speedup", "2",
                "--teacache-rule", "fitted") == 0
     (report,) = [json.loads(f.read_text()) for f in (tmp_path / "fast").glob("*.json")]
     assert report["skip"] == "call" and report["skipped_steps"] and report["target_speedup"] == 2.0
     assert report["coefficients"] == p["coefficients"] and report["rel_l1_thresh"] > 0
     with pytest.raises(ValueError, match="profile traced with --teacache-skip call, this run uses blocks"):
-        run(pipeline_dir, tmp_path / "x", "--teacache-indicator", "transformation-rate", "--teacache-profile",
-            str(profile))
+        run(pipeline_dir, tmp_path / "x", "--teacache-indicator", indicator, "--teacache-profile", str(profile))
 
 
 def test_a_profile_for_other_steps_is_refused(pipeline_dir, tmp_path):
