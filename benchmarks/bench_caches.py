@@ -12,9 +12,9 @@ requirements-bench.txt``), cache-dit's DBCache (``cachedit-dbcache``), DBCache w
 (``interval-*``: the skip cap alone, threshold never reached), HunyuanVideo-1.5's built-in fixed schedule
 (``schedule-*``: ``generate.py --enable_cache``'s formula, at several intervals), and the baseline of every cache,
 the plain sampler with fewer steps (``steps``: as many transformer calls, no cache), and with more (how far the
-reference itself is from the converged sampler). ``fbres-*`` (the engine's first-block-residual indicator) and
+reference itself is from the converged sampler). ``fbres-*`` (the engine's first-block-residual indicator),
 ``callrate-*`` (the transformation rate with ``skip="call"``: on the shipped models through ``Velocity``, the
-velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed) and
+velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed),
 ``callres-*`` (the same place, deciding on the residual's rate: ``indicator="residual-rate"``) and ``callsearched-*``
 (the searched schedules of the whole call's residual, on the calibration runs) are studies too.
 
