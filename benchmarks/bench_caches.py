@@ -15,8 +15,10 @@ the plain sampler with fewer steps (``steps``: as many transformer calls, no cac
 reference itself is from the converged sampler). ``fbres-*`` (the engine's first-block-residual indicator),
 ``callrate-*`` (the transformation rate with ``skip="call"``: on the shipped models through ``Velocity``, the
 velocity the real model predicts; ``callrate-*-w8`` and ``-w15`` with the first 8% or 15% of the steps computed),
-``callres-*`` (the same place, deciding on the residual's rate: ``indicator="residual-rate"``) and ``callsearched-*``
-(the searched schedules of the whole call's residual, on the calibration runs) are studies too.
+``callres-*`` (the same place, deciding on the residual's rate: ``indicator="residual-rate"``), ``callsearched-*``
+(the searched schedules of the whole call's residual, on the calibration runs) and ``callres-calibrated-*`` and
+``callrate-calibrated-*-w8`` (a target speedup on a whole-call profile, as ``--teacache-speedup`` picks it) are
+studies too.
 
     python3 benchmarks/bench_caches.py --model trained   # the first shipped model (HunyuanVideo's transformer)
     python3 benchmarks/bench_caches.py --model scenes    # the second (HunyuanVideo 1.5's), harder content
@@ -106,7 +108,9 @@ WARMUP_PERCENTS = (8, 15)
 STUDIES = {"steps", *(f"interval-{rule}" for rule in tc.RULES), *(f"schedule-{rule}" for rule in tc.RULES),
            *(f"fbres-{rule}" for rule in tc.RULES), *(f"callrate-{rule}" for rule in tc.RULES),
            *(f"callrate-{rule}-w{p}" for rule in tc.RULES for p in WARMUP_PERCENTS),
-           *(f"callres-{rule}" for rule in tc.RULES), *(f"callsearched-{rule}" for rule in tc.RULES)}
+           *(f"callres-{rule}" for rule in tc.RULES), *(f"callsearched-{rule}" for rule in tc.RULES),
+           *(f"callres-calibrated-{rule}" for rule in tc.RULES),
+           *(f"callrate-calibrated-{rule}-w8" for rule in tc.RULES)}
 #: FirstBlockCache's thresholds (diffusers' and the engine's first-block-residual indicator: the same signal)
 FBCACHE_THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.4, 0.8, 1.6]  # random weights need the large ones to skip
 
@@ -529,18 +533,19 @@ def calibrate(subject):
     return profile, np.mean(ratios, axis=0).tolist()
 
 
-def calibrate_call(subject):
-    """A whole-call profile: the calibration runs traced around the transformer call (through ``Velocity``), whose
-    searched schedules are a whole-call skip's (``callsearched-*``)."""
+def calibrate_call(subject, indicator):
+    """A whole-call profile for ``indicator``: the calibration runs traced around the transformer call (through
+    ``Velocity``). Its searched schedules are a whole-call skip's (``callsearched-*``, the same for either indicator),
+    its pairwise distances replay the indicator's decisions (``*-calibrated-*``: ``--teacache-speedup``)."""
     traces = []
     with subject.as_velocity() as velocity:
-        cache = tc.enable_teacache(velocity, 0.0, indicator="transformation-rate", skip="call", trace=True)
+        cache = tc.enable_teacache(velocity, 0.0, indicator=indicator, skip="call", trace=True)
         for run in subject.calib_runs:
             subject.run(run, cache)
             traces.append(cache.stats())
         cache.disable()
     return tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps},
-                           indicator="transformation-rate", skip="call")
+                           indicator=indicator, skip="call")
 
 
 @functools.lru_cache(maxsize=None)
@@ -555,7 +560,7 @@ def register_hunyuanvideo15_block():
         return_hidden_states_index=0, return_encoder_hidden_states_index=1))
 
 
-def methods(subject, profile, mag_ratios, quick, call_profile=None):
+def methods(subject, profile, mag_ratios, quick, call_profiles=None):
     from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                            TaylorSeerCacheConfig)
 
@@ -606,12 +611,23 @@ def methods(subject, profile, mag_ratios, quick, call_profile=None):
             if budget < steps:
                 yield f"searched-{rule}", budget, dict(fixed_steps=tc.profile_schedule(profile, budget, rule),
                                                        rule=rule)
-    for rule in tc.RULES if call_profile else ():  # the same searched on the whole call's residual, skipping the call
+    call_profiles = call_profiles or {}
+    for rule in tc.RULES if call_profiles else ():  # the same searched on the whole call's residual, skipping the call
         for budget in pick(sorted({max(2, round(b * steps / 50)) for b in SEARCH_BUDGETS})):
             if budget < steps:
                 yield f"callsearched-{rule}", budget, dict(
-                    fixed_steps=tc.profile_schedule(call_profile, budget, rule), rule=rule,
+                    fixed_steps=tc.profile_schedule(next(iter(call_profiles.values())), budget, rule), rule=rule,
                     indicator="transformation-rate", skip="call")
+    # target speedups (--teacache-speedup): the threshold whose replay on the whole-call profile computes 1/S of the
+    # steps, for each whole-call recommendation (the residual's rate; the output's rate with the 8% warm-up)
+    for family, indicator, warmup, suffix in (("callres", "residual-rate", 1, ""),
+                                              ("callrate", "transformation-rate", math.ceil(0.08 * steps), "-w8")):
+        for rule in tc.RULES if indicator in call_profiles else ():
+            for s in pick(SPEEDUPS):
+                cfg = tc.TeaCacheConfig(indicator=indicator, skip="call", rule=rule, warmup_steps=warmup)
+                thresh, _ = tc.threshold_for_speedup(call_profiles[indicator]["traces"], s, cfg)
+                yield f"{family}-calibrated-{rule}{suffix}", f"{s}x:{thresh:.3g}", dict(
+                    rel_l1_thresh=thresh, indicator=indicator, skip="call", rule=rule, warmup_steps=warmup)
     for rule in tc.RULES:  # the skip cap alone (a threshold never reached): TeaCache's rules on fixed intervals
         for cap in pick(INTERVAL_CAPS):
             yield f"interval-{rule}", cap, dict(rel_l1_thresh=1e9, max_consecutive_skips=cap, rule=rule)
@@ -833,12 +849,14 @@ def main() -> int:
     counters = {(1, "query"): computed_counter(subject.transformer)}
     blocks_run, n_blocks = block_counter(subject.transformer)
     profile, mag_ratios = calibrate(subject)
-    call_profile = calibrate_call(subject) if isinstance(subject, Trained) and any(
-        m.startswith("callsearched-") for m in args.methods or []) else None
+    wanted = {"residual-rate": ("callsearched-", "callres-calibrated-"),
+              "transformation-rate": ("callrate-calibrated-",)}
+    call_profiles = {indicator: calibrate_call(subject, indicator) for indicator, prefixes in wanted.items()
+                     if isinstance(subject, Trained) and any(m.startswith(prefixes) for m in args.methods or [])}
 
     baseline, rows = {}, []
     judge = getattr(subject, "same_content", None)  # the trained model's content check; None for random weights
-    for name, setting, config in methods(subject, profile, mag_ratios, args.quick, call_profile):
+    for name, setting, config in methods(subject, profile, mag_ratios, args.quick, call_profiles):
         named = args.methods or ["default"]
         if name != "none" and name not in named and ("default" not in named or name in STUDIES):
             continue
