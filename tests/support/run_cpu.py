@@ -253,6 +253,13 @@ def run_script(argv, prepare_first, usage: str) -> None:
     sys.path.insert(0, str(script.parent))
     sys.argv = [str(script), *argv[1:]]
     runpy.run_path(str(script), run_name="__main__")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Done (the script has written everything): under torchrun, exit without the interpreter's teardown of
+        # gloo's threads, which on this CPU build aborts now and then ("terminate called without an active
+        # exception"; see tests/engine/test_distributed_decisions.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv=None) -> None:
