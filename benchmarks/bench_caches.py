@@ -507,15 +507,20 @@ def block_counter(transformer):
     return count, len(blocks)
 
 
-def calibrate(subject):
-    """TeaCache profile and MagCache ratios from uncached runs on the calibration prompts/seeds."""
-    cache = tc.enable_teacache(subject.transformer, 0.0, trace=True)
+def traced_profile(subject, transformer, **options):
+    """A profile from uncached runs on the calibration prompts/seeds, traced with ``options`` on ``transformer``."""
+    cache = tc.enable_teacache(transformer, 0.0, trace=True, **options)
     traces = []
     for run in subject.calib_runs:
         subject.run(run, cache)
         traces.append(cache.stats())
     cache.disable()
-    profile = tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps})
+    return tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps}, **options)
+
+
+def calibrate(subject):
+    """TeaCache profile and MagCache ratios from uncached runs on the calibration prompts/seeds."""
+    profile = traced_profile(subject, subject.transformer)
     from diffusers import MagCacheConfig
 
     if not getattr(subject.transformer, "single_transformer_blocks", None):
@@ -537,15 +542,8 @@ def calibrate_call(subject, indicator):
     """A whole-call profile for ``indicator``: the calibration runs traced around the transformer call (through
     ``Velocity``). Its searched schedules are a whole-call skip's (``callsearched-*``, the same for either indicator),
     its pairwise distances replay the indicator's decisions (``*-calibrated-*``: ``--teacache-speedup``)."""
-    traces = []
     with subject.as_velocity() as velocity:
-        cache = tc.enable_teacache(velocity, 0.0, indicator=indicator, skip="call", trace=True)
-        for run in subject.calib_runs:
-            subject.run(run, cache)
-            traces.append(cache.stats())
-        cache.disable()
-    return tc.make_profile(traces, transformer=subject.transformer, setting={"steps": subject.steps},
-                           indicator=indicator, skip="call")
+        return traced_profile(subject, velocity, indicator=indicator, skip="call")
 
 
 @functools.lru_cache(maxsize=None)
